@@ -1,0 +1,347 @@
+"""Stage `data`: read the competition layout into one tidy frame per split, validating as we go.
+
+Layout (the KazanExpress 2023 task; see README):
+
+    DATA/train.parquet   product_id, category_id, [category_name], sale, shop_id, shop_title,
+                         rating, text_fields (JSON)
+    DATA/test.parquet    the same without category_id / category_name
+    DATA/images/{train,test}/{product_id}.jpg
+
+`load_split` returns a frame with one row per product:
+
+    product_id, [category_id], shop_id, shop_title, rating, sale, title, description (clean text),
+    attributes (list[str]), attributes_text, {dict}_text ("key: value; ...") and {dict}_keys
+    (list[str]) for the three dict fields, image_path (str or None), has_image (bool)
+
+Problems with the data raise `DataError` whose message has one line per problem naming the
+file, column and product id. Image problems are not fatal: see `check_images`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DICT_FIELDS = ("custom_characteristics", "defined_characteristics", "filters")
+TEXT_KEYS = ("title", "description")
+TARGET = "category_id"
+ID = "product_id"
+
+# column -> (kind, required in train, required in test); kinds are checked by `_check_dtypes`
+COLUMNS = {
+    ID: ("int", True, True),
+    TARGET: ("int", True, False),
+    "shop_id": ("int", True, True),
+    "shop_title": ("str", True, True),
+    "rating": ("float", True, True),
+    "sale": ("bool", True, True),
+    "text_fields": ("str", True, True),
+}
+MAX_LINES_PER_PROBLEM = 10
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message has one line per problem."""
+
+
+class _Problems:
+    """Collects problems as `file: column: product_id=...: message` lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, line: str) -> None:
+        n = self.counts.get(kind, 0) + 1
+        self.counts[kind] = n
+        if n <= MAX_LINES_PER_PROBLEM:
+            self.lines.append(line)
+        elif n == MAX_LINES_PER_PROBLEM + 1:
+            self.lines.append(f"... more '{kind}' problems follow (see total below)")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            totals = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
+            raise DataError("\n".join(self.lines + [f"totals: {totals}"]))
+
+
+# ---------------------------------------------------------------- text cleaning
+
+class _TextExtractor(HTMLParser):
+    BLOCK = {"p", "br", "div", "li", "ul", "ol", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5",
+             "h6", "table", "section", "article"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in self.BLOCK:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+        elif tag in self.BLOCK:
+            self.parts.append(" ")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+_WS = re.compile(r"\s+")
+
+
+def clean_text(raw: str | None) -> str:
+    """HTML tags stripped, entities decoded, whitespace normalised."""
+    if not raw:
+        return ""
+    if "<" in raw and ">" in raw:
+        parser = _TextExtractor()
+        parser.feed(raw)
+        parser.close()
+        raw = "".join(parser.parts)
+    return _WS.sub(" ", unescape(raw).replace("\xa0", " ")).strip()
+
+
+# ---------------------------------------------------------------- text_fields JSON
+
+def _str_list(value, where: str) -> list[str]:
+    """A list of strings (numbers are accepted and written as text); None -> []."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        raise TypeError(f"{where}: expected a list of strings, got a string")
+    if not isinstance(value, list):
+        raise TypeError(f"{where}: expected a list of strings, got {type(value).__name__}")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise TypeError(f"{where}: list items must be strings, got {type(item).__name__}")
+        out.append(str(item).strip())
+    return [s for s in out if s]
+
+
+def parse_text_fields(raw: str) -> dict:
+    """Parse one `text_fields` JSON string into clean parts. Raises ValueError/TypeError."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+    out: dict = {}
+    for key in TEXT_KEYS:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"'{key}': expected a string, got {type(value).__name__}")
+        out[key] = clean_text(value)
+    out["attributes"] = [clean_text(a) for a in _str_list(obj.get("attributes"), "'attributes'")]
+    out["attributes_text"] = "; ".join(out["attributes"])
+    for field in DICT_FIELDS:
+        value = obj.get(field)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise TypeError(f"'{field}': expected an object, got {type(value).__name__}")
+        pairs = []
+        for k, v in value.items():
+            vals = [v] if isinstance(v, str) else _str_list(v, f"'{field}.{k}'")
+            pairs.append((clean_text(str(k)), [clean_text(x) for x in vals]))
+        out[f"{field}_keys"] = [k for k, _ in pairs]
+        out[f"{field}_text"] = "; ".join(f"{k}: {', '.join(vs)}" for k, vs in pairs)
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+def _is_kind(series: pd.Series, kind: str) -> bool:
+    dtype = series.dtype
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(dtype)
+    if kind == "float":
+        return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    if kind == "bool":
+        if pd.api.types.is_bool_dtype(dtype):
+            return True
+        return pd.api.types.is_integer_dtype(dtype) and set(series.dropna().unique()) <= {0, 1}
+    if kind == "str":
+        return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+    raise ValueError(kind)
+
+
+def _read_parquet(path: Path, split: str, problems: _Problems) -> pd.DataFrame | None:
+    if not path.is_file():
+        problems.add("missing file", f"{path}: missing file (expected the {split} split here)")
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for broken files
+        problems.add("unreadable file", f"{path}: cannot read parquet ({exc})")
+        return None
+
+
+def _check_frame(df: pd.DataFrame, path: Path, split: str, problems: _Problems) -> bool:
+    """Column presence, dtypes, targets and ids; returns False if the frame is unusable."""
+    usable = True
+    for col, (kind, in_train, in_test) in COLUMNS.items():
+        required = in_train if split == "train" else in_test
+        if col not in df.columns:
+            if required:
+                problems.add("missing column", f"{path}: column '{col}': missing column")
+                usable = False
+            continue
+        if col == TARGET and df[col].isna().any():
+            ids = df.loc[df[col].isna(), ID] if ID in df else pd.Series(["?"])
+            for pid in ids.head(MAX_LINES_PER_PROBLEM + 1):
+                problems.add("missing target", f"{path}: column '{col}': product_id={pid}: missing target")
+            usable = False
+            continue
+        if col in ("shop_title", "rating"):
+            pass  # nulls allowed (unknown brand / rating)
+        elif df[col].isna().any():
+            bad = df.loc[df[col].isna(), ID].head(3).tolist() if ID in df else []
+            problems.add("null value", f"{path}: column '{col}': null values (product_id={bad}...)")
+            usable = False
+            continue
+        if not _is_kind(df[col], kind):
+            problems.add("wrong dtype", f"{path}: column '{col}': wrong dtype {df[col].dtype} (expected {kind})")
+            usable = False
+    if ID in df.columns and _is_kind(df[ID], "int"):
+        dup = df.loc[df[ID].duplicated(keep=False), ID].unique()
+        for pid in dup:
+            problems.add("duplicate product_id", f"{path}: column '{ID}': product_id={pid}: duplicate product_id")
+        usable = usable and len(dup) == 0
+    return usable
+
+
+def _parse_all(df: pd.DataFrame, path: Path, problems: _Problems) -> pd.DataFrame:
+    rows, ok = [], True
+    for pid, raw in zip(df[ID].to_numpy(), df["text_fields"].to_numpy()):
+        try:
+            rows.append(parse_text_fields(raw))
+        except json.JSONDecodeError as exc:
+            problems.add("text_fields not JSON",
+                         f"{path}: column 'text_fields': product_id={pid}: not valid JSON ({exc.msg} at char {exc.pos})")
+            ok = False
+        except (TypeError, ValueError) as exc:
+            problems.add("text_fields bad structure",
+                         f"{path}: column 'text_fields': product_id={pid}: {exc}")
+            ok = False
+    return pd.DataFrame(rows, index=df.index) if ok else pd.DataFrame()
+
+
+def image_path(data_dir: Path, split: str, pid) -> Path:
+    return Path(data_dir) / "images" / split / f"{pid}.jpg"
+
+
+def load_split(data_dir: str | Path, split: str, parse_text: bool = True) -> pd.DataFrame:
+    """Read and validate one split. `parse_text=False` skips the JSON parse (fold assignment)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    data_dir = Path(data_dir)
+    path = data_dir / f"{split}.parquet"
+    problems = _Problems()
+    df = _read_parquet(path, split, problems)
+    parsed = None
+    if df is not None and _check_frame(df, path, split, problems):
+        parsed = _parse_all(df, path, problems) if parse_text else None
+    problems.raise_if_any()
+    out = pd.DataFrame({
+        ID: df[ID].astype("int64").to_numpy(),
+        "shop_id": df["shop_id"].astype("int64").to_numpy(),
+        "shop_title": df["shop_title"].fillna("").astype(str).map(clean_text).to_numpy(),
+        "rating": df["rating"].astype("float64").to_numpy(),
+        "sale": df["sale"].astype(bool).to_numpy(),
+    })
+    if split == "train":
+        out.insert(1, TARGET, df[TARGET].astype("int64").to_numpy())
+        if "category_name" in df.columns:
+            out["category_name"] = df["category_name"].to_numpy()
+    if parsed is not None:
+        for col in parsed.columns:
+            out[col] = parsed[col].to_numpy()
+    paths = [image_path(data_dir, split, pid) for pid in out[ID]]
+    exists = np.fromiter((p.is_file() for p in paths), bool, len(paths))
+    out["image_path"] = [str(p) if e else None for p, e in zip(paths, exists)]
+    out["has_image"] = exists
+    return out
+
+
+def load_data(data_dir: str | Path, parse_text: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both splits, validated together (ids must not appear in both)."""
+    train = load_split(data_dir, "train", parse_text)
+    test = load_split(data_dir, "test", parse_text)
+    both = np.intersect1d(train[ID].to_numpy(), test[ID].to_numpy())
+    if len(both):
+        problems = _Problems()
+        for pid in both:
+            problems.add("id in train and test",
+                         f"{Path(data_dir) / 'test.parquet'}: column '{ID}': product_id={pid}: also in train.parquet")
+        problems.raise_if_any()
+    log.info("loaded %s: train %d rows, %d classes; test %d rows", data_dir, len(train),
+             train[TARGET].nunique(), len(test))
+    return train, test
+
+
+# ---------------------------------------------------------------- images
+
+def _image_status(path: str | None, deep: bool) -> str:
+    from PIL import Image  # imported here: most stages never open images
+
+    if path is None or pd.isna(path):
+        return "missing"
+    try:
+        with Image.open(path) as img:
+            if deep:
+                img.load()
+            else:
+                img.verify()
+    except Exception:
+        return "corrupt"
+    return "ok"
+
+
+def check_images(frame: pd.DataFrame, deep: bool = False, workers: int = 8) -> pd.DataFrame:
+    """Open every image: returns product_id, image_path, status (ok / missing / corrupt).
+
+    `deep=False` checks the file structure (`PIL.Image.verify`, fast); `deep=True` decodes the
+    pixels. Use the result to clear `has_image` on broken rows (`apply_image_status`).
+    """
+    with ThreadPoolExecutor(workers) as pool:
+        status = list(pool.map(lambda p: _image_status(p, deep), frame["image_path"]))
+    return pd.DataFrame({ID: frame[ID].to_numpy(), "image_path": frame["image_path"].to_numpy(),
+                         "status": status})
+
+
+def apply_image_status(frame: pd.DataFrame, status: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Set has_image=False (and image_path=None) where the image is missing or corrupt; log counts."""
+    bad = status["status"].to_numpy() != "ok"
+    frame = frame.copy()
+    frame.loc[bad, "has_image"] = False
+    frame.loc[bad, "image_path"] = None
+    counts = status["status"].value_counts().to_dict()
+    if bad.any():
+        log.warning("%s images: %d missing, %d corrupt of %d; those rows get has_image=False",
+                    split, counts.get("missing", 0), counts.get("corrupt", 0), len(frame))
+    return frame
+
+
+def fingerprint(data_dir: str | Path) -> str:
+    """Identity of a data directory for caches: a hash of the two split files' bytes."""
+    h = hashlib.sha1()
+    for name in ("train.parquet", "test.parquet"):
+        h.update(name.encode())
+        h.update((Path(data_dir) / name).read_bytes())
+    return h.hexdigest()[:12]

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from smart_product.cli import main
+from smart_product.demo import make_demo_data
+
+
+def test_demo_data_layout_and_determinism(demo_dir, tmp_path):
+    again = make_demo_data(tmp_path / "again", seed=0)
+    for name in ("train.parquet", "test.parquet", "solution.csv"):
+        assert (again / name).read_bytes() == (demo_dir / name).read_bytes()
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    counts = train.category_id.value_counts()
+    assert 55 <= len(counts) <= 65
+    assert (counts == 1).sum() >= 3 and counts.between(2, 4).sum() >= 5
+    assert counts.max() > 20 * counts.median() / 2  # power law, not uniform
+    test = pd.read_parquet(demo_dir / "test.parquet")
+    sol = pd.read_csv(demo_dir / "solution.csv")
+    assert set(sol.product_id) == set(test.product_id) and set(sol.category_id) <= set(counts.index)
+    assert train.text_fields.str.contains("[а-яА-Я]", regex=True).all()  # Russian text
+    assert train.text_fields.str.contains("<p>").mean() > 0.9              # HTML descriptions
+
+
+def test_eda_writes_report_and_plot(demo_dir, make_cfg):
+    from smart_product.eda import run_eda
+
+    report = run_eda(make_cfg(demo_dir))
+    text = report.read_text()
+    assert "singleton classes: 5" in text and "missing: 4, corrupt: 2" in text
+    assert (report.parent / "eda.png").stat().st_size > 10_000
+    assert len(pd.read_csv(report.parent / "images_broken.csv")) == 6
+
+
+def test_cli_bad_data_is_one_line_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "smart_product", "folds", "--data", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "train.parquet: missing file" in proc.stderr
+
+
+def test_cli_folds_runs(demo_dir, tmp_path):
+    assert main(["folds", "--data", str(demo_dir), f"out_dir={tmp_path}", "-q"]) == 0
+    folds = pd.read_csv(tmp_path / "folds" / "folds.csv")
+    assert np.sort(folds.fold.unique()).tolist() == [-1, 0, 1, 2, 3, 4]
