@@ -1,7 +1,8 @@
 # smart-product: the pipeline as a DAG of stages. Each stage reads the files the one before wrote,
 # so any stage can be rerun alone. Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml.
 #
-#   data (DATA, default data/demo) -> folds/folds.csv -> reports/eda/
+#   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> ...
+#                                  -> reports/eda/
 #
 PY     ?= .venv/bin/python
 CONFIG ?= configs/cpu.yaml
@@ -12,9 +13,9 @@ ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA))
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: setup all demo-data validate folds eda test clean
+.PHONY: setup all demo-data validate folds eda features test clean
 
-all: folds eda                       ## the main job
+all: folds eda features              ## the main job
 
 setup: .venv/.done                   ## .venv with everything in requirements.txt
 .venv/.done: requirements.txt pyproject.toml
@@ -36,8 +37,11 @@ folds: $(DATADEP)                    ## -> folds/folds.csv, folds/meta.json
 eda: $(DATADEP)                      ## -> reports/eda/eda.md, eda.png, images_broken.csv
 	$(RUN) eda $(ARGS)
 
+features: folds                      ## -> features/{set}/{train,test}.npy (+ fold{k}/ when fine-tuned)
+	$(RUN) features $(ARGS)
+
 test:                                ## the test suite
 	$(PY) -m pytest -q
 
 clean:                               ## remove generated outputs (keeps data/)
-	rm -rf folds/*.csv folds/*.json reports
+	rm -rf folds/*.csv folds/*.json features/*/ reports

@@ -20,7 +20,7 @@ def _demo_data(cfg, args):
 
     demo = cfg.get("demo", {})
     make_demo_data(args.out or cfg["data_dir"], seed=int(demo.get("seed", 0)),
-                   n_train=int(demo.get("n_train", 2000)))
+                   n_train=int(demo.get("n_train", 2000)), image_size=int(demo.get("image_size", 96)))
 
 
 def _validate(cfg, args):
@@ -44,11 +44,18 @@ def _eda(cfg, args):
     run_eda(cfg)
 
 
+def _features(cfg, args):
+    from .features import make_features
+
+    make_features(cfg, args.only)
+
+
 STAGES = {
     "demo-data": (_demo_data, "write the built-in demo data set (competition layout)"),
     "validate": (_validate, "check the data directory and every image; print counts"),
     "folds": (_folds, "write folds/folds.csv"),
     "eda": (_eda, "write reports/eda/eda.md and plots"),
+    "features": (_features, "write features/{set}/ (cached)"),
 }
 
 
@@ -60,6 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="experiment config (default configs/cpu.yaml)")
     parser.add_argument("--data", help="data directory in the competition layout (DATA=...)")
     parser.add_argument("--out", help="output directory (demo-data only)")
+    parser.add_argument("--only", nargs="+", help="features: only these sets")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,

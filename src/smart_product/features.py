@@ -1,0 +1,310 @@
+"""Stage `features`: data -> feature matrices under features/{set}/, cached.
+
+Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
+- tabular:  rating (+ missing flag), sale, log shop frequency, log text lengths, has_image,
+            empty-field flags, attribute/key counts. No labels.
+- tfidf:    word (1-2) and char_wb (2-5) n-grams over all text, TruncatedSVD to `svd_dim`.
+            Fit on train + test text (no labels are used, so this is leak-free; transductive).
+- navec:    mean navec vectors (shipped in `natasha`, nltk WordPunctTokenizer) of the shop title,
+            the title, the dict keys and the dict values.
+- image:    pooled embeddings of an image backbone (backbones.py).
+- text:     pooled embeddings of a text encoder over a view: `all` (title + description +
+            attributes + dict text) or `title`.
+image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
+backbone is fine-tuned on the rows of the other folds, then embeds every train and test row ->
+features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on).
+Everything else is computed once -> features/{set}/train.npy, test.npy.
+
+Cache: each finished set (or fold) has a meta.json holding a key = hash(set config, data
+fingerprint[, folds]); a rerun with the same key does nothing, a killed run redoes only the
+unfinished sets/folds. Row order: train_ids.npy / test_ids.npy beside the matrices.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import config_hash
+from .data import DICT_FIELDS, ID, TARGET, DataError, apply_image_status, check_images, fingerprint, load_data
+
+log = logging.getLogger(__name__)
+CHEAP = ("tabular", "tfidf", "navec")
+BACKBONE = ("image", "text")
+
+
+# ---------------------------------------------------------------- text views
+
+def text_view(frame: pd.DataFrame, view: str) -> list[str]:
+    if view == "title":
+        return frame["title"].fillna("").tolist()
+    if view == "all":
+        parts = [frame["title"], frame["description"], frame["attributes_text"]] + \
+                [frame[f"{f}_text"] for f in DICT_FIELDS]
+        joined = parts[0].fillna("")
+        for p in parts[1:]:
+            joined = joined + " | " + p.fillna("")
+        return joined.tolist()
+    raise ValueError(f"unknown text view {view!r} (all, title)")
+
+
+# ---------------------------------------------------------------- cheap sets
+
+def tabular(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    both = pd.concat([train, test], ignore_index=True)
+    shop_freq = both["shop_id"].map(both["shop_id"].value_counts())
+    cols = {
+        "rating": both["rating"].fillna(-1.0),
+        "rating_missing": both["rating"].isna(),
+        "sale": both["sale"],
+        "log_shop_freq": np.log1p(shop_freq),
+        "has_image": both["has_image"],
+        "n_attributes": both["attributes"].map(len),
+    }
+    for c in ["title", "description", "attributes_text", "shop_title"] + [f"{f}_text" for f in DICT_FIELDS]:
+        length = both[c].fillna("").str.len()
+        cols[f"len_{c}"] = np.log1p(length)
+        cols[f"empty_{c}"] = length == 0
+    for f in DICT_FIELDS:
+        cols[f"n_keys_{f}"] = both[f"{f}_keys"].map(len)
+    X = pd.DataFrame(cols).astype(np.float32)
+    return X.to_numpy()[: len(train)], X.to_numpy()[len(train):], list(X.columns)
+
+
+def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    from scipy.sparse import hstack
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = text_view(train, "all") + text_view(test, "all")
+    texts = [t + " | " + s for t, s in zip(texts, pd.concat([train.shop_title, test.shop_title]).fillna(""))]
+    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=opts.get("max_features", 200_000),
+                           sublinear_tf=True, lowercase=True)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2,
+                           max_features=opts.get("max_features", 200_000), sublinear_tf=True)
+    M = hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
+    dim = min(int(opts.get("svd_dim", 256)), M.shape[1] - 1)
+    Z = TruncatedSVD(dim, random_state=int(opts.get("seed", 0))).fit_transform(M).astype(np.float32)
+    return Z[: len(train)], Z[len(train):], [f"svd{i}" for i in range(dim)]
+
+
+_NAVEC = None
+
+
+def load_navec():
+    global _NAVEC
+    if _NAVEC is None:
+        import natasha
+        from navec import Navec
+
+        path = Path(natasha.__file__).parent / "data" / "emb" / "navec_news_v1_1B_250K_300d_100q.tar"
+        _NAVEC = Navec.load(str(path))
+    return _NAVEC
+
+
+def navec(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    from nltk.tokenize import WordPunctTokenizer
+
+    nv, tok = load_navec(), WordPunctTokenizer()
+    both = pd.concat([train, test], ignore_index=True)
+    keys = both[[f"{f}_keys" for f in DICT_FIELDS]].apply(lambda r: " ".join(" ".join(v) for v in r), axis=1)
+    values = both[[f"{f}_text" for f in DICT_FIELDS]].apply(
+        lambda r: " ".join(t.split(": ", 1)[-1] for v in r for t in v.split("; ") if t), axis=1)
+    fields = {"shop_title": both["shop_title"], "title": both["title"], "dict_keys": keys, "dict_values": values}
+    blocks, hits, total = [], 0, 0
+    for name, col in fields.items():
+        Z = np.zeros((len(both), nv.pq.dim), np.float32)
+        for i, text in enumerate(col.fillna("").str.lower()):
+            words = [w for w in tok.tokenize(text) if w.isalpha()]
+            vecs = [nv[w] for w in words if w in nv]
+            hits, total = hits + len(vecs), total + len(words)
+            if vecs:
+                Z[i] = np.mean(vecs, axis=0)
+        blocks.append(Z)
+    log.info("navec: %.1f%% of %d words found in the vocabulary", 100 * hits / max(total, 1), total)
+    Z = np.hstack(blocks)
+    names = [f"{n}_{i}" for n in fields for i in range(nv.pq.dim)]
+    return Z[: len(train)], Z[len(train):], names
+
+
+CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "navec": navec}
+
+
+# ---------------------------------------------------------------- backbone sets
+
+def _build(opts: dict):
+    from .backbones import build_image_encoder, build_text_encoder
+
+    if opts["kind"] == "image":
+        return build_image_encoder(opts["model"], opts.get("weights", "hub"), opts.get("image_size"),
+                                   opts.get("mean"), opts.get("std"))
+    return build_text_encoder(opts["model"], int(opts.get("max_length", 128)))
+
+
+def _items(frame: pd.DataFrame, opts: dict):
+    return frame["image_path"].tolist() if opts["kind"] == "image" else text_view(frame, opts.get("view", "all"))
+
+
+def _batch_size(opts: dict) -> int:
+    from .backbones import device
+
+    return int(opts.get("gpu_batch_size", 256) if device().type == "cuda" else opts.get("batch_size", 32))
+
+
+def frozen_embed(train, test, opts: dict):
+    from .backbones import embed
+
+    enc = _build(opts)
+    bs = _batch_size(opts)
+    Xtr, _, rate = embed(enc, opts["kind"], _items(train, opts), bs, opts.get("workers"), desc=f"{opts['name']} train")
+    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts), bs, opts.get("workers"), desc=f"{opts['name']} test")
+    return Xtr, Xte, {"rate_per_s": rate}
+
+
+def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int):
+    """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test."""
+    from .backbones import embed, finetune
+
+    fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
+    classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
+    enc = _build(opts)
+    items = _items(train, opts)
+    ft = dict(opts["finetune"])
+    log_ = finetune(enc, opts["kind"], [items[i] for i in np.flatnonzero(fit)], y[fit], len(classes),
+                    workers=opts.get("workers"), desc=f"{opts['name']} fold{k}", **ft)
+    bs = _batch_size(opts)
+    Xtr, _, rate = embed(enc, opts["kind"], items, bs, opts.get("workers"), desc=f"{opts['name']} fold{k} train")
+    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts), bs, opts.get("workers"), desc=f"{opts['name']} fold{k} test")
+    return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate}
+
+
+# ---------------------------------------------------------------- stage
+
+def _done(meta_path: Path, key: str) -> bool:
+    if not meta_path.is_file():
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def _save(folder: Path, Xtr, Xte, meta: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)  # meta.json last: it marks the folder finished
+    np.save(folder / "train.npy", np.ascontiguousarray(Xtr, dtype=np.float32))
+    np.save(folder / "test.npy", np.ascontiguousarray(Xte, dtype=np.float32))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def feature_sets(cfg: dict) -> dict:
+    sets = cfg.get("features", {}).get("sets", {})
+    out = {}
+    for name, opts in sets.items():
+        opts = dict(opts or {}, name=name)
+        kind = opts.get("kind")
+        if kind not in CHEAP + BACKBONE:
+            raise DataError(f"config features.sets.{name}: unknown kind {kind!r} (one of {CHEAP + BACKBONE})")
+        out[name] = opts
+    return out
+
+
+def is_per_fold(opts: dict) -> bool:
+    return opts["kind"] in BACKBONE and bool(opts.get("finetune"))
+
+
+def make_features(cfg: dict, only: list[str] | None = None) -> dict:
+    """Compute every configured feature set not already cached; returns {set: seconds}."""
+    from .folds import load_folds
+
+    root = Path(cfg["out_dir"]) / "features"
+    sets = feature_sets(cfg)
+    if only:
+        unknown = set(only) - set(sets)
+        if unknown:
+            raise DataError(f"features: no set named {sorted(unknown)} in the config ({sorted(sets)})")
+        sets = {k: v for k, v in sets.items() if k in only}
+    data_fp = fingerprint(cfg["data_dir"])
+    train = test = None
+    timings = {}
+    for name, opts in sets.items():
+        folder = root / name
+        base_key = config_hash({"set": opts, "data": data_fp})
+        per_fold = is_per_fold(opts)
+        if per_fold:
+            folds_path = Path(cfg["out_dir"]) / "folds" / "folds.csv"
+            if not folds_path.is_file():
+                raise DataError(f"{folds_path}: missing file (run `make folds` first)")
+            fold_key = config_hash({"base": base_key, "folds": folds_path.read_text()})
+            ks = sorted(set(range(int(cfg.get("folds", {}).get("k", 5)))) |
+                        ({-1} if opts.get("full_fit") else set()))
+            todo = [k for k in ks if not _done(folder / f"fold{k}" / "meta.json", fold_key)]
+        else:
+            todo = [] if _done(folder / "meta.json", base_key) else [None]
+        if not todo:
+            log.info("features/%s: cached, nothing to do", name)
+            continue
+        if train is None:
+            train, test = _load_for_features(cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "train_ids.npy", train[ID].to_numpy())
+        np.save(folder / "test_ids.npy", test[ID].to_numpy())
+        t0 = time.time()
+        if not per_fold:
+            if opts["kind"] in CHEAP:
+                Xtr, Xte, cols = CHEAP_FN[opts["kind"]](train, test, opts)
+                extra = {"columns": cols[:50] + (["..."] if len(cols) > 50 else [])}
+            else:
+                Xtr, Xte, extra = frozen_embed(train, test, opts)
+            _save(folder, Xtr, Xte, {"key": base_key, "set": opts, "data_fingerprint": data_fp,
+                                     "dim": int(Xtr.shape[1]), "seconds": round(time.time() - t0, 2), **extra})
+        else:
+            fold_of_row = load_folds(cfg, train)
+            for k in todo:
+                tk = time.time()
+                Xtr, Xte, fit_ids, extra = finetuned_embed(train, test, opts, fold_of_row, k)
+                sub = folder / f"fold{k}"
+                sub.mkdir(parents=True, exist_ok=True)
+                np.save(sub / "trained_on.npy", fit_ids)
+                _save(sub, Xtr, Xte, {"key": fold_key, "set": opts, "fold": k, "data_fingerprint": data_fp,
+                                      "dim": int(Xtr.shape[1]), "seconds": round(time.time() - tk, 2), **extra})
+        timings[name] = round(time.time() - t0, 2)
+        log.info("features/%s: done in %.1fs", name, timings[name])
+    return timings
+
+
+def _load_for_features(cfg):
+    train, test = load_data(cfg["data_dir"])
+    train = apply_image_status(train, check_images(train), "train")
+    test = apply_image_status(test, check_images(test), "test")
+    return train, test
+
+
+# ---------------------------------------------------------------- reading (heads)
+
+def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray, test_ids: np.ndarray):
+    """(X_train, X_test) for head fold `fold`: cached sets side by side, per-fold sets from fold{fold}.
+
+    A per-fold set's matrices come from the backbone fine-tuned without fold `fold`, so the rows
+    of that fold are embedded by a model that never saw their labels.
+    """
+    root = Path(cfg["out_dir"]) / "features"
+    sets = feature_sets(cfg)
+    tr, te = [], []
+    for name in names:
+        if name not in sets:
+            raise DataError(f"head uses feature set {name!r}, not in features.sets ({sorted(sets)})")
+        folder = root / name
+        sub = folder / f"fold{fold}" if is_per_fold(sets[name]) else folder
+        if not (sub / "meta.json").is_file():
+            raise DataError(f"{sub}: features missing or unfinished (run `make features`)")
+        ids_tr, ids_te = np.load(folder / "train_ids.npy"), np.load(folder / "test_ids.npy")
+        if not (np.array_equal(ids_tr, train_ids) and np.array_equal(ids_te, test_ids)):
+            raise DataError(f"{folder}: made for other data (product ids differ); rerun `make features`")
+        tr.append(np.load(sub / "train.npy"))
+        te.append(np.load(sub / "test.npy"))
+    return np.hstack(tr), np.hstack(te)

