@@ -1,21 +1,23 @@
 # smart-product: the pipeline as a DAG of stages. Each stage reads the files the one before wrote,
-# so any stage can be rerun alone. Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml.
+# so any stage can be rerun alone (unchanged work is cached by content keys, not file times).
+# Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml, OUT=dir (outputs; default here).
 #
-#   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> ...
-#                                  -> reports/eda/
+#   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> oof/{head}/
+#        -> oof/blend/ + submissions/blend.{csv,parquet}          (eda -> reports/eda/ on the side)
 #
 PY     ?= .venv/bin/python
 CONFIG ?= configs/cpu.yaml
 DATA   ?=
 RUN     = $(PY) -m smart_product
-ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA))
+OUT    ?=
+ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(abspath $(OUT)))
 # with no DATA the default data is the built-in demo set, made on first use
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: setup all demo-data validate folds eda features test clean
+.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub test clean
 
-all: folds eda features              ## the main job
+all: folds features train blend eda   ## the main job: data -> submission
 
 setup: .venv/.done                   ## .venv with everything in requirements.txt
 .venv/.done: requirements.txt pyproject.toml
@@ -40,8 +42,26 @@ eda: $(DATADEP)                      ## -> reports/eda/eda.md, eda.png, images_b
 features: folds                      ## -> features/{set}/{train,test}.npy (+ fold{k}/ when fine-tuned)
 	$(RUN) features $(ARGS)
 
+train: features                      ## -> oof/{head}/ (OOF + test probabilities), oof/report.md; HEAD=name, FORCE=1
+	$(RUN) train $(ARGS) $(if $(HEAD),--only $(HEAD)) $(if $(FORCE),--force)
+
+tune:                                ## HEAD=name [TRIALS=20]: Optuna -> oof/{head}/optuna.db, best_params.json
+	$(RUN) tune $(ARGS) --only $(HEAD) --trials $(or $(TRIALS),20)
+
+report:                              ## OOF report over oof/* (no refitting)
+	$(RUN) report $(ARGS)
+
+blend: train                         ## -> oof/blend/, submissions/blend.csv + .parquet, oof/report.md
+	$(RUN) blend $(ARGS)
+
+score:                               ## SUB=file SOLUTION=file: local leaderboard (weighted/macro F1, accuracy)
+	$(RUN) score $(ARGS) --sub $(SUB) --solution $(SOLUTION)
+
+validate-sub:                        ## SUB=file: every test id once, only train categories
+	$(RUN) validate-sub $(ARGS) --sub $(SUB)
+
 test:                                ## the test suite
 	$(PY) -m pytest -q
 
 clean:                               ## remove generated outputs (keeps data/)
-	rm -rf folds/*.csv folds/*.json features/*/ reports
+	rm -rf folds/*.csv folds/*.json features/*/ oof/*/ oof/report.* oof/*.png submissions/*.csv submissions/*.parquet reports

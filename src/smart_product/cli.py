@@ -50,12 +50,71 @@ def _features(cfg, args):
     make_features(cfg, args.only)
 
 
+def _train(cfg, args):
+    from .heads import train_heads
+    from .report import make_report
+
+    from .tracking import log_run
+
+    metrics = train_heads(cfg, args.only, force=args.force)
+    report = make_report(cfg)
+    log_run(cfg, metrics, report.parent)
+
+
+def _report(cfg, args):
+    from .report import make_report
+
+    make_report(cfg)
+
+
+def _tune(cfg, args):
+    from .heads import tune_head
+
+    if not args.only or len(args.only) != 1:
+        raise ConfigError("tune needs one head: --only NAME (make tune HEAD=NAME)")
+    tune_head(cfg, args.only[0], args.trials)
+
+
+def _blend(cfg, args):
+    from .blend import run_blend
+    from .report import make_report
+
+    run_blend(cfg)
+    make_report(cfg)
+
+
+def _score(cfg, args):
+    import json
+
+    from .submit import score_submission
+
+    if not args.sub or not args.solution:
+        raise ConfigError("score needs --sub FILE and --solution FILE (make score SUB=... SOLUTION=...)")
+    print(json.dumps(score_submission(args.sub, args.solution), indent=2))
+
+
+def _validate_sub(cfg, args):
+    from .submit import check_against_data, read_submission
+
+    if not args.sub:
+        raise ConfigError("validate-sub needs --sub FILE (make validate-sub SUB=...)")
+    sub = read_submission(args.sub)
+    check_against_data(sub, cfg["data_dir"], args.sub)
+    print(f"{args.sub}: valid ({len(sub)} rows, every test id once, only train categories)")
+
+
 STAGES = {
     "demo-data": (_demo_data, "write the built-in demo data set (competition layout)"),
     "validate": (_validate, "check the data directory and every image; print counts"),
     "folds": (_folds, "write folds/folds.csv"),
     "eda": (_eda, "write reports/eda/eda.md and plots"),
     "features": (_features, "write features/{set}/ (cached)"),
+    "train": (_train, "fit every head per fold -> oof/{head}/, then the OOF report"),
+    "tune": (_tune, "Optuna search of one head's params on OOF F1 (resumable SQLite study)"),
+    "report": (_report, "OOF report over oof/* -> oof/report.md + plots"),
+    "blend": (_blend, "Optuna-weighted blend -> oof/blend/, submissions/blend.csv + .parquet"),
+    "score": (_score, "local leaderboard: score --sub FILE against --solution FILE"),
+    "validate-sub": (_validate_sub, "check a submission file against the data"),
 }
 
 
@@ -67,7 +126,11 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="experiment config (default configs/cpu.yaml)")
     parser.add_argument("--data", help="data directory in the competition layout (DATA=...)")
     parser.add_argument("--out", help="output directory (demo-data only)")
-    parser.add_argument("--only", nargs="+", help="features: only these sets")
+    parser.add_argument("--only", nargs="+", help="features/train: only these sets/heads")
+    parser.add_argument("--sub", help="score/validate-sub: submission file (.csv or .parquet)")
+    parser.add_argument("--solution", help="score: solution file (product_id, category_id)")
+    parser.add_argument("--force", action="store_true", help="train: refit heads even if cached")
+    parser.add_argument("--trials", type=int, default=20, help="tune: total number of trials")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,

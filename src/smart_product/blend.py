@@ -1,0 +1,156 @@
+"""Stage `blend`: Optuna-weighted blend of the heads' OOF probabilities -> submission.
+
+    P = sum_h w_h * softmax(log P_h / T_h)      w_h >= 0, optional temperature T_h per head
+
+Optuna maximises OOF weighted F1 (or minimises log loss: `blend.metric: logloss`) over rows that
+have an OOF prediction. Guard against fitting the OOF set: the folds are split in two halves;
+weights chosen on one half are scored on the other and vice versa (the *held-out* blend score,
+printed beside the best single head and the equal-weight mean on the same rows); then the weights
+are refit on all folds and applied to the test probabilities. The search is seeded with each
+head alone and the equal-weight mean, so the refit blend is never below the best single head on
+OOF. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and the submission.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import ID, TARGET, DataError, load_split
+from .folds import load_folds
+from .heads import scores
+from .report import available, load_oof
+from .submit import write_submission
+
+log = logging.getLogger(__name__)
+
+
+def _tempered(P: np.ndarray, T: float) -> np.ndarray:
+    if T == 1.0:
+        return P
+    logp = np.log(np.clip(P, 1e-9, 1.0)) / T
+    logp -= logp.max(1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(1, keepdims=True)
+
+
+def combine(probs: list[np.ndarray], weights, temps=None) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+    temps = temps or [1.0] * len(probs)
+    out = np.zeros_like(probs[0], dtype=np.float32)
+    for p, wi, t in zip(probs, w, temps):
+        if wi > 0:
+            out += np.float32(wi) * _tempered(p, t)
+    return out
+
+
+def _objective_value(P, y, metric: str) -> float:
+    if metric == "logloss":
+        return float(-np.log(np.clip(P[np.arange(len(y)), y], 1e-9, 1)).mean())
+    return scores(y, P.argmax(1))["weighted_f1"]
+
+
+def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, metric: str = "f1",
+                   seed: int = 0) -> dict:
+    """Optuna over non-negative weights (and temperatures) on these rows; returns the best."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    h = len(probs)
+    direction = "minimize" if metric == "logloss" else "maximize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
+    for i in range(h):  # each head alone, then the equal-weight mean
+        study.enqueue_trial({**{f"w{j}": float(j == i) for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})})
+    study.enqueue_trial({**{f"w{j}": 1.0 for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})})
+
+    def objective(trial):
+        w = [trial.suggest_float(f"w{j}", 0.0, 1.0) for j in range(h)]
+        if sum(w) == 0:
+            return float("inf") if direction == "minimize" else 0.0
+        t = [trial.suggest_float(f"t{j}", 0.3, 3.0, log=True) for j in range(h)] if temperature else None
+        return _objective_value(combine(probs, w, t), y, metric)
+
+    study.optimize(objective, n_trials=max(n_trials, h + 1))
+    p = study.best_params
+    w = np.array([p[f"w{j}"] for j in range(h)])
+    return {"weights": (w / w.sum()).tolist(),
+            "temperatures": [p[f"t{j}"] for j in range(h)] if temperature else [1.0] * h,
+            "value": study.best_value}
+
+
+def run_blend(cfg: dict) -> dict:
+    bcfg = cfg.get("blend") or {}
+    name = bcfg.get("name", "blend")
+    heads = bcfg.get("heads") or [n for n in available(cfg["out_dir"]) if n in (cfg.get("heads") or {})]
+    if not heads:
+        raise DataError(f"{Path(cfg['out_dir']) / 'oof'}: no head predictions to blend (run `make train`)")
+    runs = [load_oof(cfg["out_dir"], h) for h in heads]
+    ref = runs[0]
+    for h, r in zip(heads, runs):
+        if not (np.array_equal(r["classes"], ref["classes"]) and np.array_equal(r["train_ids"], ref["train_ids"])
+                and np.array_equal(r["test_ids"], ref["test_ids"])):
+            raise DataError(f"oof/{h}: made for other data than oof/{heads[0]} (rerun `make train`)")
+    t0 = time.time()
+    train = load_split(cfg["data_dir"], "train", parse_text=False)
+    if not np.array_equal(train[ID].to_numpy(), ref["train_ids"]):
+        raise DataError(f"oof/{heads[0]}: made for other data than {cfg['data_dir']} (rerun `make train`)")
+    classes = ref["classes"]
+    y_all = np.searchsorted(classes, train[TARGET].to_numpy())
+    folds = load_folds(cfg, train)
+    has = ~np.isnan(ref["oof"]).any(1)
+    for h, r in zip(heads, runs):
+        if not np.array_equal(~np.isnan(r["oof"]).any(1), has):
+            raise DataError(f"oof/{h}: OOF rows differ from oof/{heads[0]} (different folds? rerun `make train`)")
+    oofs = [np.nan_to_num(r["oof"]) for r in runs]
+    n_trials, temp = int(bcfg.get("trials", 100)), bool(bcfg.get("temperature", False))
+    metric, seed = bcfg.get("metric", "f1"), int(cfg.get("seed", 0))
+
+    # held-out check: weights chosen on one half of the folds, scored on the other half
+    k = int(cfg.get("folds", {}).get("k", 5))
+    half_a = np.isin(folds, np.arange(k)[: k // 2]) & has
+    half_b = np.isin(folds, np.arange(k)[k // 2:]) & has
+    held_pred = np.zeros(len(y_all), np.int64)
+    for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
+        best = search_weights([p[fit_rows] for p in oofs], y_all[fit_rows], n_trials, temp, metric, seed)
+        held_pred[score_rows] = combine([p[score_rows] for p in oofs], best["weights"], best["temperatures"]).argmax(1)
+    held = scores(y_all[has], held_pred[has])
+    single = {h: scores(y_all[has], p[has].argmax(1)) for h, p in zip(heads, oofs)}
+    best_head = max(single, key=lambda h: single[h]["weighted_f1"])
+    equal = scores(y_all[has], combine([p[has] for p in oofs], [1.0] * len(heads)).argmax(1))
+
+    final = search_weights([p[has] for p in oofs], y_all[has], n_trials, temp, metric, seed)
+    blend_oof = combine(oofs, final["weights"], final["temperatures"])
+    blend_oof[~has] = np.nan
+    blend_test = combine([r["test"] for r in runs], final["weights"], final["temperatures"])
+    refit = scores(y_all[has], blend_oof[has].argmax(1))
+
+    out = Path(cfg["out_dir"]) / "oof" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for f, arr in (("oof", blend_oof), ("test", blend_test), ("classes", classes),
+                   ("train_ids", ref["train_ids"]), ("test_ids", ref["test_ids"])):
+        np.save(out / f"{f}.npy", arr)
+    summary = {
+        "heads": heads, "weights": dict(zip(heads, final["weights"])),
+        "temperatures": dict(zip(heads, final["temperatures"])), "metric": metric, "trials": n_trials,
+        "oof_refit": refit, "oof_held_out": held, "best_single_head": {"name": best_head, **single[best_head]},
+        "equal_weight_mean": equal, "single_heads": single, "never_validated_rows": int((~has).sum()),
+        "seconds": round(time.time() - t0, 2),
+    }
+    per_fold = [{"fold": f, **scores(y_all[folds == f], blend_oof[folds == f].argmax(1))} for f in range(k)]
+    (out / "weights.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"head": name, "kind": "blend", "overall": refit,
+                                                  "folds": per_fold, **summary}, indent=2))
+    sub = write_submission(cfg["out_dir"], name, ref["test_ids"], classes[blend_test.argmax(1)], cfg["data_dir"])
+    lines = [f"blend of {len(heads)} heads ({metric}, {n_trials} trials), OOF weighted F1 on {int(has.sum())} rows:",
+             f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
+             f"  equal-weight mean            {equal['weighted_f1']:.4f}",
+             f"  blend, held-out weights      {held['weighted_f1']:.4f}   (weights fit on the other half of the folds)",
+             f"  blend, refit on all folds    {refit['weighted_f1']:.4f}   weights "
+             + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items()),
+             f"  submission: {sub}"]
+    print("\n".join(lines))
+    return summary

@@ -1,0 +1,130 @@
+"""Stage `report`: the OOF F1 report over every oof/{name}/ (heads and blends). Never refits.
+
+Writes oof/report.md, oof/report.json and two plots: oof/heads.png (heads side by side, per
+fold) and oof/per_class_f1.png (per-class F1 against class size). Rows that were never validated
+(singleton classes, fold -1) have no OOF prediction: they are counted and excluded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DataError
+from .heads import scores
+
+log = logging.getLogger(__name__)
+
+
+def load_oof(out_dir, name: str) -> dict:
+    """One oof/{name}/ folder as arrays: oof, test, classes, train_ids, test_ids (+ metrics)."""
+    folder = Path(out_dir) / "oof" / name
+    files = ["oof", "test", "classes", "train_ids", "test_ids"]
+    missing = [f for f in files if not (folder / f"{f}.npy").is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(f + '.npy' for f in missing)} (run `make train`)")
+    out = {f: np.load(folder / f"{f}.npy") for f in files}
+    if out["oof"].shape != (len(out["train_ids"]), len(out["classes"])):
+        raise DataError(f"{folder}/oof.npy: shape {out['oof'].shape} does not match ids x classes")
+    metrics = folder / "metrics.json"
+    out["metrics"] = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    return out
+
+
+def available(out_dir) -> list[str]:
+    root = Path(out_dir) / "oof"
+    return sorted(p.name for p in root.glob("*") if (p / "oof.npy").is_file()) if root.is_dir() else []
+
+
+def make_report(cfg: dict, names: list[str] | None = None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import f1_score
+
+    out = Path(cfg["out_dir"]) / "oof"
+    names = names or available(cfg["out_dir"])
+    if not names:
+        raise DataError(f"{out}: no OOF predictions (run `make train`)")
+    runs = {n: load_oof(cfg["out_dir"], n) for n in names}
+    ref = runs[names[0]]
+    for n, r in runs.items():
+        if not (np.array_equal(r["train_ids"], ref["train_ids"]) and np.array_equal(r["classes"], ref["classes"])):
+            raise DataError(f"{out / n}: made for other data than {out / names[0]} (rerun `make train`)")
+    from .data import ID, TARGET, load_split
+
+    train = load_split(cfg["data_dir"], "train", parse_text=False).set_index(ID)
+    y_ids = train.loc[ref["train_ids"], TARGET].to_numpy()
+    classes = ref["classes"]
+    y = np.searchsorted(classes, y_ids)
+    has = ~np.isnan(ref["oof"]).any(1)
+    never = int((~has).sum())
+    counts = np.bincount(y, minlength=len(classes))
+    majority = scores(y[has], np.full(has.sum(), counts.argmax()))
+
+    rows, per_class = [], {}
+    for n, r in runs.items():
+        pred = r["oof"][has].argmax(1)
+        s = scores(y[has], pred)
+        folds = r["metrics"].get("folds", [])
+        rows.append({"name": n, **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
+                     "fold_weighted_f1": [round(f["weighted_f1"], 4) for f in folds]})
+        labels = np.arange(len(classes))
+        per_class[n] = f1_score(y[has], pred, labels=labels, average=None, zero_division=0)
+    table = pd.DataFrame(rows).sort_values("weighted_f1", ascending=False)
+    best = table.iloc[0]["name"]
+    support = np.bincount(y[has], minlength=len(classes))
+    worst = pd.DataFrame({"category_id": classes, "train_rows": counts, "validated_rows": support,
+                          "f1": per_class[best]})
+    worst = worst[worst.validated_rows > 0].sort_values(["f1", "train_rows"]).head(20)
+
+    lines = [f"# OOF report: {cfg['data_dir']}", "",
+             f"- {len(y)} train rows, {len(classes)} classes; **{never} rows never validated** "
+             f"(singleton classes, fold -1): no OOF prediction, excluded from every score below",
+             f"- majority-class baseline on the same rows: weighted F1 {majority['weighted_f1']:.4f}, "
+             f"accuracy {majority['accuracy']:.4f}", "",
+             "| head | weighted F1 | macro F1 | accuracy | rows | weighted F1 per fold |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['name']} | {r['weighted_f1']:.4f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
+                     f"{r['rows']} | {', '.join(f'{v:.4f}' for v in r['fold_weighted_f1'])} |")
+    lines += ["", f"## 20 worst classes ({best})", "", "| category_id | train rows | validated rows | F1 |",
+              "|---|---|---|---|"]
+    lines += [f"| {r.category_id} | {r.train_rows} | {r.validated_rows} | {r.f1:.3f} |" for r in worst.itertuples()]
+    lines += ["", "![heads](heads.png)", "", "![per-class F1](per_class_f1.png)"]
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    x = np.arange(len(table))
+    ax.bar(x, table.weighted_f1, color="tab:blue", alpha=0.7, label="overall")
+    for i, fw in enumerate(table.fold_weighted_f1):
+        ax.scatter([i] * len(fw), fw, color="k", s=10, zorder=3, label="folds" if i == 0 else None)
+    ax.axhline(majority["weighted_f1"], color="r", ls="--", label="majority class")
+    ax.set_xticks(x, table.name, rotation=30)
+    lo = min(table.weighted_f1.min(), min((min(f) for f in table.fold_weighted_f1 if f), default=1)) - 0.05
+    ax.set_ylim(max(0, lo), 1)
+    ax.set_ylabel("OOF weighted F1")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "heads.png", dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n in table.name[:4]:
+        ok = support > 0
+        ax.scatter(counts[ok], per_class[n][ok], s=12, alpha=0.6, label=n)
+    ax.set_xscale("log")
+    ax.set_xlabel("train rows in class (log)")
+    ax.set_ylabel("OOF F1 of class")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "per_class_f1.png", dpi=90)
+    plt.close(fig)
+
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.json").write_text(json.dumps({"never_validated_rows": never, "majority": majority,
+                                                 "heads": rows, "worst_classes": worst.to_dict("records")},
+                                                indent=2, default=str))
+    print("\n".join(lines[:8 + len(table)]))
+    return out / "report.md"

@@ -1,0 +1,102 @@
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smart_product.blend import combine, run_blend, search_weights
+from smart_product.cli import main
+from smart_product.data import DataError
+from smart_product.submit import score_submission, validate_submission
+
+
+def test_search_weights_finds_the_informative_head():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    good = np.eye(5)[y] * 0.6 + rng.dirichlet(np.ones(5), 400) * 0.4
+    noise = rng.dirichlet(np.ones(5), 400)
+    best = search_weights([noise, good.astype(np.float32)], y, n_trials=30)
+    assert best["weights"][1] > best["weights"][0] and best["value"] > 0.9
+    assert np.allclose(combine([noise, good], [0, 1]), good)
+
+
+@pytest.fixture(scope="module")
+def blended(demo_dir, tmp_path_factory):
+    """Cheap features + two quick heads + the blend, on the demo data."""
+    from smart_product.config import load_config
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+    from smart_product.heads import train_heads
+
+    out = tmp_path_factory.mktemp("blend")
+    cfg = load_config(None, [f"out_dir={out}",
+                             "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}}",
+                             "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
+                             " knn_tab: {kind: lfda_knn, features: [tabular, tfidf], params: {pca_dim: 32, n_components: 16}}}",
+                             "blend.trials=30"], str(demo_dir))
+    make_folds(cfg)
+    make_features(cfg)
+    metrics = train_heads(cfg)
+    return cfg, metrics, run_blend(cfg)
+
+
+def test_blend_not_below_best_single_head_and_writes_valid_submission(blended, demo_dir):
+    cfg, metrics, summary = blended
+    best_single = max(m["overall"]["weighted_f1"] for m in metrics.values())
+    assert summary["oof_refit"]["weighted_f1"] >= best_single
+    assert summary["best_single_head"]["weighted_f1"] == pytest.approx(best_single)
+    assert 0 < summary["oof_held_out"]["weighted_f1"] <= 1
+    assert abs(sum(summary["weights"].values()) - 1) < 1e-6 and min(summary["weights"].values()) >= 0
+    out = Path(cfg["out_dir"])
+    sub = pd.read_csv(out / "submissions" / "blend.csv")
+    comp = pd.read_parquet(out / "submissions" / "blend.parquet")
+    test = pd.read_parquet(demo_dir / "test.parquet")
+    assert list(sub.columns) == ["product_id", "category_id"]
+    assert list(comp.columns) == ["product_id", "predicted_category_id"]
+    assert sorted(sub.product_id) == sorted(test.product_id)
+    assert (out / "oof" / "blend" / "oof.npy").is_file() and (out / "oof" / "blend" / "weights.json").is_file()
+    # local leaderboard against the demo's solution file: far above chance (60 classes)
+    s = score_submission(out / "submissions" / "blend.parquet", demo_dir / "solution.csv")
+    assert s["weighted_f1"] > 0.6 and s["rows"] == len(test)
+
+
+def test_validator_catches_each_problem():
+    test_ids, classes = np.array([1, 2, 3]), np.array([10, 20])
+    ok = pd.DataFrame({"product_id": [1, 2, 3], "category_id": [10, 20, 10]})
+    validate_submission(ok, test_ids, classes)
+    cases = [
+        (pd.DataFrame({"product_id": [1, 2, 2, 3], "category_id": [10] * 4}), "more than once"),
+        (pd.DataFrame({"product_id": [1, 2], "category_id": [10, 10]}), "test product_id(s) missing"),
+        (pd.DataFrame({"product_id": [1, 2, 3, 4], "category_id": [10] * 4}), "not in test.parquet"),
+        (pd.DataFrame({"product_id": [1, 2, 3], "category_id": [10, 30, 10]}), "never seen in train"),
+    ]
+    for sub, message in cases:
+        with pytest.raises(DataError, match=re.escape(message)):
+            validate_submission(sub, test_ids, classes)
+
+
+def test_score_and_validate_commands(blended, demo_dir, tmp_path, capsys):
+    cfg, _, _ = blended
+    sub = Path(cfg["out_dir"]) / "submissions" / "blend.csv"
+    assert main(["score", "--sub", str(sub), "--solution", str(demo_dir / "solution.csv"), "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["weighted_f1"] > 0.6
+    assert main(["validate-sub", "--data", str(demo_dir), "--sub", str(sub), "-q"]) == 0
+    bad = pd.read_csv(sub).iloc[1:]
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["validate-sub", "--data", str(demo_dir), "--sub", str(tmp_path / "bad.csv"), "-q"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_train_is_cached_and_blend_reruns_alone(blended):
+    from smart_product.heads import run_head
+
+    cfg, metrics, _ = blended
+    oof = Path(cfg["out_dir"]) / "oof" / "lr_text" / "oof.npy"
+    before = oof.stat().st_mtime_ns
+    again = run_head(cfg, "lr_text")                      # unchanged: not refit
+    assert oof.stat().st_mtime_ns == before and again["overall"] == metrics["lr_text"]["overall"]
+    changed = {**cfg, "heads": {**cfg["heads"], "lr_text": {**cfg["heads"]["lr_text"], "params": {"C": 0.2}}}}
+    run_head(changed, "lr_text")                          # config changed: refit
+    assert oof.stat().st_mtime_ns != before

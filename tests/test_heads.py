@@ -1,0 +1,157 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smart_product import heads as heads_mod
+from smart_product.data import DataError
+from smart_product.features import make_features
+from smart_product.folds import make_folds
+from smart_product.heads import run_head, train_heads
+from smart_product.report import make_report
+
+CHEAP = "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}, navec: {kind: navec}}"
+FEATS = "[tabular, tfidf, navec]"
+HEADS = ("heads={"
+         f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 200}}}},"
+         f"mlp: {{kind: mlp, features: {FEATS}, params: {{hidden: [256, 128, 64], max_epochs: 60, patience: 8}}}},"
+         f"catboost: {{kind: catboost, features: {FEATS}, params: {{reduce: lfda, dim: 24, iterations: 120,"
+         f"  learning_rate: 0.2, depth: 4}}}},"
+         f"lfda_knn: {{kind: lfda_knn, features: {FEATS}, params: {{pca_dim: 64, n_components: 32}}}}}}")
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory):
+    from smart_product.config import load_config
+
+    cfg = load_config(None, [f"out_dir={tmp_path_factory.mktemp('heads')}", CHEAP, HEADS], str(demo_dir))
+    make_folds(cfg)
+    make_features(cfg)
+    return cfg, train_heads(cfg)
+
+
+def test_every_head_far_above_majority_baseline(trained):
+    cfg, metrics = trained
+    report = make_report(cfg)
+    rep = json.loads((report.parent / "report.json").read_text())
+    majority = rep["majority"]["weighted_f1"]
+    assert majority < 0.1
+    for name, m in metrics.items():
+        assert m["overall"]["weighted_f1"] > max(0.6, 5 * majority), (name, m["overall"])
+    text = report.read_text()
+    assert "5 rows never validated" in text and "20 worst classes" in text
+    assert (report.parent / "heads.png").stat().st_size > 5000
+    assert (report.parent / "per_class_f1.png").stat().st_size > 5000
+
+
+def test_oof_files_and_nan_rows(trained, demo_dir):
+    cfg, _ = trained
+    folds = pd.read_csv(Path(cfg["out_dir"]) / "folds" / "folds.csv")
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    for name in ("logreg", "mlp", "catboost", "lfda_knn"):
+        d = Path(cfg["out_dir"]) / "oof" / name
+        oof, test, classes = np.load(d / "oof.npy"), np.load(d / "test.npy"), np.load(d / "classes.npy")
+        assert oof.shape == (2000, 60) and test.shape[1] == 60 and oof.dtype == np.float32
+        assert np.array_equal(classes, np.sort(train.category_id.unique()))
+        assert np.array_equal(np.isnan(oof).any(1), (folds.fold == -1).to_numpy())  # NaN = never validated
+        assert np.allclose(test.sum(1), 1, atol=1e-3)
+        m = json.loads((d / "metrics.json").read_text())
+        assert len(m["folds"]) == 5 and m["never_validated_rows"] == 5
+
+
+def test_same_seed_reproduces_oof_f1(trained):
+    cfg, metrics = trained
+    for name in ("mlp", "catboost"):
+        again = run_head(cfg, name, write=False)
+        assert round(again["overall"]["weighted_f1"], 4) == round(metrics[name]["overall"]["weighted_f1"], 4)
+
+
+class SpyHead:
+    """Records the product ids (feature column 0) it was fit on and asked to predict."""
+    calls = []
+
+    def __init__(self, seed=0):
+        pass
+
+    def fit(self, X, y, n_classes):
+        self.n = n_classes
+        self.fit_ids = set(X[:, 0].astype(np.int64))
+        self.predicted = []
+        SpyHead.calls.append(self)
+        return self
+
+    def predict_proba(self, X):
+        self.predicted.append(X[:, 0].astype(np.int64))
+        return np.full((len(X), self.n), 1.0 / self.n, np.float32)
+
+
+def test_no_oof_prediction_comes_from_a_model_fit_on_that_row(trained, monkeypatch):
+    cfg, _ = trained
+    # a feature set whose only column is the product id, so the spy sees which rows it gets
+    ids_dir = Path(cfg["out_dir"]) / "features" / "ids"
+    ids_dir.mkdir(parents=True, exist_ok=True)
+    tab = Path(cfg["out_dir"]) / "features" / "tabular"
+    for split in ("train", "test"):
+        ids = np.load(tab / f"{split}_ids.npy")
+        np.save(ids_dir / f"{split}_ids.npy", ids)
+        np.save(ids_dir / f"{split}.npy", ids.astype(np.float64)[:, None])
+    (ids_dir / "meta.json").write_text("{}")
+    cfg = {**cfg, "features": {"sets": {**cfg["features"]["sets"], "ids": {"kind": "tabular"}}},
+           "heads": {"spy": {"kind": "spy", "features": ["ids"]}}}
+    monkeypatch.setitem(heads_mod.HEADS, "spy", SpyHead)
+    SpyHead.calls = []
+    run_head(cfg, "spy", write=False)
+    folds = pd.read_csv(Path(cfg["out_dir"]) / "folds" / "folds.csv")
+    assert len(SpyHead.calls) == 5
+    seen_oof = []
+    for k, model in enumerate(SpyHead.calls):
+        oof_ids = set(model.predicted[0])                       # first call: fold k's rows
+        assert oof_ids == set(folds.product_id[folds.fold == k])
+        assert not oof_ids & model.fit_ids                      # never fit on a row it predicts
+        seen_oof += list(oof_ids)
+    assert len(seen_oof) == len(set(seen_oof)) == (folds.fold >= 0).sum()
+
+
+def test_bad_head_config_is_a_clear_error(trained):
+    cfg, _ = trained
+    with pytest.raises(DataError, match="no head named"):
+        run_head(cfg, "nope")
+    bad = {**cfg, "heads": {"x": {"kind": "svm", "features": ["tabular"]}}}
+    with pytest.raises(DataError, match="unknown kind 'svm'"):
+        run_head(bad, "x")
+    bad = {**cfg, "heads": {"x": {"kind": "mlp", "features": ["tabular"], "params": {"hiden": 3}}}}
+    with pytest.raises(DataError, match="hiden"):
+        run_head(bad, "x")
+
+
+def test_tuning_resumes_from_its_sqlite_study(trained):
+    import optuna
+
+    from smart_product.heads import tune_head
+
+    cfg, _ = trained
+    first = tune_head(cfg, "logreg", n_trials=2, folds_to_run=[0, 1])
+    assert first["trials"] == 2 and 0.5 < first["weighted_f1"] <= 1
+    db = Path(cfg["out_dir"]) / "oof" / "logreg" / "optuna.db"
+    assert db.is_file()
+    again = tune_head(cfg, "logreg", n_trials=3, folds_to_run=[0, 1])   # an interrupted search goes on
+    assert again["trials"] == 3
+    study = optuna.load_study(study_name="logreg", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 3
+    assert json.loads((db.parent / "best_params.json").read_text())["params"].keys() == {"C"}
+
+
+def test_wandb_tracking_offline(trained):
+    from smart_product.tracking import log_run
+
+    cfg, metrics = trained
+    assert log_run(cfg, metrics, Path(cfg["out_dir"]) / "oof") is None          # off by default
+    cfg = {**cfg, "tracking": {"wandb": True, "mode": "offline", "project": "test"}}
+    report = make_report(cfg)
+    run_dir = Path(log_run(cfg, metrics, report.parent))
+    assert run_dir.is_dir() and str(run_dir).startswith(cfg["out_dir"])
+    run_root = run_dir.parent
+    assert list(run_root.glob("*.wandb"))                                       # the offline run file
+    assert len(list(run_dir.rglob("*.png"))) == 2                               # report plots logged
