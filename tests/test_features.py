@@ -116,3 +116,15 @@ def test_features_of_other_data_are_rejected(demo_dir, make_cfg):
         load_features(cfg, ["tabular"], 0, tr_ids[:-1], te_ids)
     with pytest.raises(DataError, match="not in features.sets"):
         load_features(cfg, ["nope"], 0, tr_ids, te_ids)
+
+
+def test_tfidf_sparse_is_saved_sparse_and_mixes_with_dense(demo_dir, make_cfg):
+    from scipy import sparse
+
+    cfg = make_cfg(demo_dir, "features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse}}")
+    make_features(cfg)
+    assert (Path(cfg["out_dir"]) / "features" / "tfidf_sparse" / "train.npz").is_file()
+    tr_ids, te_ids = _ids(demo_dir)
+    Xtr, Xte = load_features(cfg, ["tabular", "tfidf_sparse"], 0, tr_ids, te_ids)
+    assert sparse.issparse(Xtr) and Xtr.shape[0] == len(tr_ids) and Xte.shape[1] == Xtr.shape[1] > 1000
+    assert Xtr.nnz / (Xtr.shape[0] * Xtr.shape[1]) < 0.05

@@ -4,11 +4,12 @@
 
 Optuna maximises OOF weighted F1 (or minimises log loss: `blend.metric: logloss`) over rows that
 have an OOF prediction. Guard against fitting the OOF set: the folds are split in two halves;
-weights chosen on one half are scored on the other and vice versa (the *held-out* blend score,
-printed beside the best single head and the equal-weight mean on the same rows); then the weights
-are refit on all folds and applied to the test probabilities. The search is seeded with each
-head alone and the equal-weight mean, so the refit blend is never below the best single head on
-OOF. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and the submission.
+weights chosen on one half are scored on the other and vice versa (the *held-out* score, printed
+beside the best single head and the equal-weight mean on the same rows). "Pick the best single
+head" is scored the same way; whichever procedure wins out of sample is refit on all folds and
+applied to the test probabilities, so a blend that only fits OOF noise is not used. The search is
+seeded with each head alone and the equal-weight mean, so the refit blend is never below the best
+single head on OOF. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and the submission.
 """
 from __future__ import annotations
 
@@ -109,20 +110,33 @@ def run_blend(cfg: dict) -> dict:
     n_trials, temp = int(bcfg.get("trials", 100)), bool(bcfg.get("temperature", False))
     metric, seed = bcfg.get("metric", "f1"), int(cfg.get("seed", 0))
 
-    # held-out check: weights chosen on one half of the folds, scored on the other half
+    def optuna_weights(rows):
+        return search_weights([p[rows] for p in oofs], y_all[rows], n_trials, temp, metric, seed)
+
+    def best_single_weights(rows):
+        f1 = [scores(y_all[rows], p[rows].argmax(1))["weighted_f1"] for p in oofs]
+        return {"weights": np.eye(len(heads))[int(np.argmax(f1))].tolist(), "temperatures": [1.0] * len(heads)}
+
+    # held-out check: each procedure chooses on one half of the folds and is scored on the other
+    # half (both ways); the better procedure is refit on all folds. A blend that does not beat
+    # the best single head out of sample is not used.
     k = int(cfg.get("folds", {}).get("k", 5))
     half_a = np.isin(folds, np.arange(k)[: k // 2]) & has
     half_b = np.isin(folds, np.arange(k)[k // 2:]) & has
-    held_pred = np.zeros(len(y_all), np.int64)
-    for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
-        best = search_weights([p[fit_rows] for p in oofs], y_all[fit_rows], n_trials, temp, metric, seed)
-        held_pred[score_rows] = combine([p[score_rows] for p in oofs], best["weights"], best["temperatures"]).argmax(1)
-    held = scores(y_all[has], held_pred[has])
+    procedures = {"optuna": optuna_weights, "best_single": best_single_weights}
+    held = {}
+    for proc, choose in procedures.items():
+        pred = np.zeros(len(y_all), np.int64)
+        for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
+            w = choose(fit_rows)
+            pred[score_rows] = combine([p[score_rows] for p in oofs], w["weights"], w["temperatures"]).argmax(1)
+        held[proc] = scores(y_all[has], pred[has])
+    chosen = "optuna" if held["optuna"]["weighted_f1"] >= held["best_single"]["weighted_f1"] else "best_single"
     single = {h: scores(y_all[has], p[has].argmax(1)) for h, p in zip(heads, oofs)}
     best_head = max(single, key=lambda h: single[h]["weighted_f1"])
     equal = scores(y_all[has], combine([p[has] for p in oofs], [1.0] * len(heads)).argmax(1))
 
-    final = search_weights([p[has] for p in oofs], y_all[has], n_trials, temp, metric, seed)
+    final = procedures[chosen](has)
     blend_oof = combine(oofs, final["weights"], final["temperatures"])
     blend_oof[~has] = np.nan
     blend_test = combine([r["test"] for r in runs], final["weights"], final["temperatures"])
@@ -136,7 +150,8 @@ def run_blend(cfg: dict) -> dict:
     summary = {
         "heads": heads, "weights": dict(zip(heads, final["weights"])),
         "temperatures": dict(zip(heads, final["temperatures"])), "metric": metric, "trials": n_trials,
-        "oof_refit": refit, "oof_held_out": held, "best_single_head": {"name": best_head, **single[best_head]},
+        "chosen": chosen, "oof_refit": refit, "oof_held_out": held[chosen], "held_out": held,
+        "best_single_head": {"name": best_head, **single[best_head]},
         "equal_weight_mean": equal, "single_heads": single, "never_validated_rows": int((~has).sum()),
         "seconds": round(time.time() - t0, 2),
     }
@@ -148,8 +163,10 @@ def run_blend(cfg: dict) -> dict:
     lines = [f"blend of {len(heads)} heads ({metric}, {n_trials} trials), OOF weighted F1 on {int(has.sum())} rows:",
              f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
              f"  equal-weight mean            {equal['weighted_f1']:.4f}",
-             f"  blend, held-out weights      {held['weighted_f1']:.4f}   (weights fit on the other half of the folds)",
-             f"  blend, refit on all folds    {refit['weighted_f1']:.4f}   weights "
+             f"  held out (chosen on the other half of the folds): optuna weights "
+             f"{held['optuna']['weighted_f1']:.4f}, best single head {held['best_single']['weighted_f1']:.4f}"
+             f" -> {chosen}",
+             f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   weights "
              + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items()),
              f"  submission: {sub}"]
     print("\n".join(lines))

@@ -5,6 +5,7 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
             empty-field flags, attribute/key counts. No labels.
 - tfidf:    word (1-2) and char_wb (2-5) n-grams over all text, TruncatedSVD to `svd_dim`.
             Fit on train + test text (no labels are used, so this is leak-free; transductive).
+- tfidf_sparse: the same TF-IDF matrix kept sparse (train.npz / test.npz) for linear heads.
 - navec:    mean navec vectors (shipped in `natasha`, nltk WordPunctTokenizer) of the shop title,
             the title, the dict keys and the dict values.
 - image:    pooled embeddings of an image backbone (backbones.py).
@@ -33,7 +34,7 @@ from .config import config_hash
 from .data import DICT_FIELDS, ID, TARGET, DataError, apply_image_status, check_images, fingerprint, load_data
 
 log = logging.getLogger(__name__)
-CHEAP = ("tabular", "tfidf", "navec")
+CHEAP = ("tabular", "tfidf", "tfidf_sparse", "navec")
 BACKBONE = ("image", "text")
 
 
@@ -75,9 +76,9 @@ def tabular(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     return X.to_numpy()[: len(train)], X.to_numpy()[len(train):], list(X.columns)
 
 
-def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    """Word 1-2 + char_wb 2-5 TF-IDF over all text + shop title, fit on train + test text (no labels)."""
     from scipy.sparse import hstack
-    from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     texts = text_view(train, "all") + text_view(test, "all")
@@ -86,7 +87,18 @@ def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
                            sublinear_tf=True, lowercase=True)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2,
                            max_features=opts.get("max_features", 200_000), sublinear_tf=True)
-    M = hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
+    return hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr().astype(np.float32)
+
+
+def tfidf_sparse(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    M = _tfidf_matrix(train, test, opts)
+    return M[: len(train)], M[len(train):], [f"tfidf{i}" for i in range(M.shape[1])]
+
+
+def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
+    from sklearn.decomposition import TruncatedSVD
+
+    M = _tfidf_matrix(train, test, opts)
     dim = min(int(opts.get("svd_dim", 256)), M.shape[1] - 1)
     Z = TruncatedSVD(dim, random_state=int(opts.get("seed", 0))).fit_transform(M).astype(np.float32)
     return Z[: len(train)], Z[len(train):], [f"svd{i}" for i in range(dim)]
@@ -131,7 +143,7 @@ def navec(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     return Z[: len(train)], Z[len(train):], names
 
 
-CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "navec": navec}
+CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "navec": navec}
 
 
 # ---------------------------------------------------------------- backbone sets
@@ -194,11 +206,25 @@ def _done(meta_path: Path, key: str) -> bool:
 
 
 def _save(folder: Path, Xtr, Xte, meta: dict) -> None:
+    """train/test as .npy (dense float32) or .npz (scipy sparse); meta.json last marks it finished."""
+    from scipy import sparse
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.json").unlink(missing_ok=True)  # meta.json last: it marks the folder finished
-    np.save(folder / "train.npy", np.ascontiguousarray(Xtr, dtype=np.float32))
-    np.save(folder / "test.npy", np.ascontiguousarray(Xte, dtype=np.float32))
+    (folder / "meta.json").unlink(missing_ok=True)
+    for split, X in (("train", Xtr), ("test", Xte)):
+        if sparse.issparse(X):
+            sparse.save_npz(folder / f"{split}.npz", X.tocsr())
+        else:
+            np.save(folder / f"{split}.npy", np.ascontiguousarray(X, dtype=np.float32))
     (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def _load_matrix(folder: Path, split: str):
+    from scipy import sparse
+
+    if (folder / f"{split}.npz").is_file():
+        return sparse.load_npz(folder / f"{split}.npz").tocsr()
+    return np.load(folder / f"{split}.npy")
 
 
 def feature_sets(cfg: dict) -> dict:
@@ -286,11 +312,13 @@ def _load_for_features(cfg):
 
 # ---------------------------------------------------------------- reading (heads)
 
-def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray, test_ids: np.ndarray):
+def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray, test_ids: np.ndarray,
+                  blocks: bool = False):
     """(X_train, X_test) for head fold `fold`: cached sets side by side, per-fold sets from fold{fold}.
 
     A per-fold set's matrices come from the backbone fine-tuned without fold `fold`, so the rows
-    of that fold are embedded by a model that never saw their labels.
+    of that fold are embedded by a model that never saw their labels. `blocks=True` returns the
+    lists of per-set matrices instead of one stacked matrix.
     """
     root = Path(cfg["out_dir"]) / "features"
     sets = feature_sets(cfg)
@@ -305,6 +333,12 @@ def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray,
         ids_tr, ids_te = np.load(folder / "train_ids.npy"), np.load(folder / "test_ids.npy")
         if not (np.array_equal(ids_tr, train_ids) and np.array_equal(ids_te, test_ids)):
             raise DataError(f"{folder}: made for other data (product ids differ); rerun `make features`")
-        tr.append(np.load(sub / "train.npy"))
-        te.append(np.load(sub / "test.npy"))
+        tr.append(_load_matrix(sub, "train"))
+        te.append(_load_matrix(sub, "test"))
+    if blocks:
+        return tr, te
+    from scipy import sparse
+
+    if any(sparse.issparse(m) for m in tr):  # any sparse set: the whole matrix stays sparse (CSR)
+        return sparse.hstack(tr).tocsr(), sparse.hstack(te).tocsr()
     return np.hstack(tr), np.hstack(te)

@@ -7,6 +7,7 @@ uses an inner split of the training rows, never fold k.
 
 Heads (config `heads: {name: {kind: ..., features: [...], params: {...}}}`):
 - logreg:   StandardScaler -> multinomial LogisticRegression (fast linear baseline)
+- linear:   LogisticRegression over feature blocks: sparse TF-IDF as is + scaled dense embeddings
 - catboost: StandardScaler -> PCA, or PCA -> LFDA (`reduce`, `dim`; fit on the inner-fit rows) ->
             CatBoost MultiClass, early stopping on the inner split; task_type GPU with CUDA
 - mlp:      the seed's MLP: 3 hidden layers, dropout 0.5, Adam 1e-3, StepLR, batch 4096,
@@ -123,6 +124,40 @@ def _reducer(kind: str, X, dim: int, seed: int):
     elif kind != "pca":
         raise DataError(f"config heads (catboost): reduce must be pca or lfda, not {kind!r}")
     return make_pipeline(*steps)
+
+
+class LinearHead:
+    """LogisticRegression over feature blocks: sparse blocks (TF-IDF) as they are, each dense block
+    standardised on the training rows and scaled by dense_weight / sqrt(dim), so a 1,000-dim
+    embedding neither drowns nor vanishes beside the TF-IDF. Takes the list of blocks."""
+    blocks = True
+
+    def __init__(self, C: float = 10.0, max_iter: int = 1000, dense_weight: float = 0.5, seed: int = 0):
+        self.C, self.max_iter, self.dense_weight, self.seed = C, max_iter, dense_weight, seed
+
+    def _stack(self, blocks):
+        from scipy import sparse
+
+        out = []
+        for b, (mean, scale) in zip(blocks, self.scales):
+            out.append(b if mean is None else sparse.csr_matrix(((b - mean) * scale).astype(np.float32)))
+        return sparse.hstack(out).tocsr()
+
+    def fit(self, blocks, y, n_classes):
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression
+
+        self.n_classes = n_classes
+        self.scales = [(None, None) if sparse.issparse(b) else
+                       (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
+        self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model.fit(self._stack(blocks), y)
+        return self
+
+    def predict_proba(self, blocks):
+        return _expand(self.model.predict_proba(self._stack(blocks)), self.model.classes_, self.n_classes)
 
 
 class CatBoostHead:
@@ -279,7 +314,8 @@ class LfdaKnnHead:
         return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
 
 
-HEADS = {"logreg": LogRegHead, "catboost": CatBoostHead, "mlp": MLPHead, "lfda_knn": LfdaKnnHead}
+HEADS = {"logreg": LogRegHead, "linear": LinearHead, "catboost": CatBoostHead, "mlp": MLPHead,
+         "lfda_knn": LfdaKnnHead}
 
 
 def make_head(kind: str, params: dict | None, seed: int = 0):
@@ -310,6 +346,22 @@ def head_configs(cfg: dict) -> dict:
     if not heads:
         raise DataError("config has no heads (heads: {name: {kind: ..., features: [...]}})")
     return heads
+
+
+def _rows(X, rows):
+    return [b[rows] for b in X] if isinstance(X, list) else X[rows]
+
+
+def _head_input(cfg, name, hcfg, fold, tr_ids, te_ids):
+    """The head's features for one fold: a list of blocks for block heads, else one dense matrix."""
+    kind = hcfg["kind"]
+    if getattr(HEADS.get(kind), "blocks", False):
+        return load_features(cfg, hcfg["features"], fold, tr_ids, te_ids, blocks=True)
+    Xtr, Xte = load_features(cfg, hcfg["features"], fold, tr_ids, te_ids)
+    if not isinstance(Xtr, np.ndarray):
+        raise DataError(f"config heads.{name}: kind {kind} needs dense features, but {hcfg['features']} "
+                        f"include a sparse set; use kind linear, or tfidf (SVD) instead")
+    return Xtr, Xte
 
 
 def head_key(cfg: dict, hcfg: dict, params: dict) -> str:
@@ -363,10 +415,10 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     per_fold, t_all = [], time.time()
     for fold in tqdm(folds_to_run, desc=f"{name} folds", mininterval=1):
         t0 = time.time()
-        Xtr, Xte = load_features(cfg, feats, fold, tr_ids, te_ids)
+        Xtr, Xte = _head_input(cfg, name, hcfg, fold, tr_ids, te_ids)
         fit_rows, val_rows = fold_of_row != fold, fold_of_row == fold
-        model = make_head(hcfg["kind"], params, seed).fit(Xtr[fit_rows], y[fit_rows], n_classes)
-        oof[val_rows] = model.predict_proba(Xtr[val_rows])
+        model = make_head(hcfg["kind"], params, seed).fit(_rows(Xtr, fit_rows), y[fit_rows], n_classes)
+        oof[val_rows] = model.predict_proba(_rows(Xtr, val_rows))
         test_pred += model.predict_proba(Xte) / len(folds_to_run)
         m = scores(y[val_rows], oof[val_rows].argmax(1))
         m.update(fold=fold, seconds=round(time.time() - t0, 2), fit_rows=int(fit_rows.sum()),
@@ -375,7 +427,7 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         log.info("%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)", name, fold,
                  m["weighted_f1"], m["macro_f1"], m["accuracy"], m["rows"], m["seconds"])
     if hcfg.get("test_from") == "full":  # fold -1: one fit on all train rows for the test predictions
-        Xtr, Xte = load_features(cfg, feats, -1, tr_ids, te_ids)
+        Xtr, Xte = _head_input(cfg, name, hcfg, -1, tr_ids, te_ids)
         test_pred = make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes).predict_proba(Xte)
     has = ~np.isnan(oof).any(1)
     overall = scores(y[has], oof[has].argmax(1))
