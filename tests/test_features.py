@@ -127,4 +127,4 @@ def test_tfidf_sparse_is_saved_sparse_and_mixes_with_dense(demo_dir, make_cfg):
     tr_ids, te_ids = _ids(demo_dir)
     Xtr, Xte = load_features(cfg, ["tabular", "tfidf_sparse"], 0, tr_ids, te_ids)
     assert sparse.issparse(Xtr) and Xtr.shape[0] == len(tr_ids) and Xte.shape[1] == Xtr.shape[1] > 1000
-    assert Xtr.nnz / (Xtr.shape[0] * Xtr.shape[1]) < 0.05
+    assert Xtr.nnz / (Xtr.shape[0] * Xtr.shape[1]) < 0.2  # mostly zeros, stored sparse
