@@ -15,7 +15,7 @@ ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub test clean
+.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub bench test clean
 
 all: folds features train blend eda   ## the main job: data -> submission
 
@@ -59,6 +59,9 @@ score:                               ## SUB=file SOLUTION=file: local leaderboar
 
 validate-sub:                        ## SUB=file: every test id once, only train categories
 	$(RUN) validate-sub $(ARGS) --sub $(SUB)
+
+bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x]: pipeline + peer, timings -> OUT/bench/
+	$(RUN) bench $(ARGS)
 
 test:                                ## the test suite
 	$(PY) -m pytest -q

@@ -103,6 +103,12 @@ def _validate_sub(cfg, args):
     print(f"{args.sub}: valid ({len(sub)} rows, every test id once, only train categories)")
 
 
+def _bench(cfg, args):
+    from .bench import run_bench
+
+    run_bench(cfg)
+
+
 STAGES = {
     "demo-data": (_demo_data, "write the built-in demo data set (competition layout)"),
     "validate": (_validate, "check the data directory and every image; print counts"),
@@ -115,6 +121,7 @@ STAGES = {
     "blend": (_blend, "Optuna-weighted blend -> oof/blend/, submissions/blend.csv + .parquet"),
     "score": (_score, "local leaderboard: score --sub FILE against --solution FILE"),
     "validate-sub": (_validate_sub, "check a submission file against the data"),
+    "bench": (_bench, "whole pipeline + peer baseline on DATA; timings, RSS -> {out}/bench/results.*"),
 }
 
 

@@ -132,8 +132,13 @@ class LinearHead:
     embedding neither drowns nor vanishes beside the TF-IDF. Takes the list of blocks."""
     blocks = True
 
-    def __init__(self, C: float = 10.0, max_iter: int = 1000, dense_weight: float = 0.5, seed: int = 0):
-        self.C, self.max_iter, self.dense_weight, self.seed = C, max_iter, dense_weight, seed
+    def __init__(self, C: float = 10.0, max_iter: int = 1000, dense_weight: float = 0.5, solver: str = "lbfgs",
+                 seed: int = 0):
+        """solver: lbfgs (multinomial LogisticRegression) or svm (one-vs-rest LinearSVC, liblinear:
+        much faster with many classes and rows; probabilities = softmax of the decision scores)."""
+        if solver not in ("lbfgs", "svm"):
+            raise DataError(f"config heads (linear): solver must be lbfgs or svm, not {solver!r}")
+        self.C, self.max_iter, self.dense_weight, self.solver, self.seed = C, max_iter, dense_weight, solver, seed
 
     def _stack(self, blocks):
         from scipy import sparse
@@ -150,14 +155,27 @@ class LinearHead:
         self.n_classes = n_classes
         self.scales = [(None, None) if sparse.issparse(b) else
                        (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
-        self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        if self.solver == "svm":
+            from sklearn.svm import LinearSVC
+
+            self.model = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        else:
+            self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model.fit(self._stack(blocks), y)
         return self
 
     def predict_proba(self, blocks):
-        return _expand(self.model.predict_proba(self._stack(blocks)), self.model.classes_, self.n_classes)
+        X = self._stack(blocks)
+        if self.solver == "svm":
+            z = self.model.decision_function(X)
+            z = z[:, None] if z.ndim == 1 else z
+            if len(self.model.classes_) == 2:
+                z = np.hstack([-z, z])
+            z = np.exp(z - z.max(1, keepdims=True))
+            return _expand(z / z.sum(1, keepdims=True), self.model.classes_, self.n_classes)
+        return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
 
 
 class CatBoostHead:

@@ -1,0 +1,126 @@
+"""`make bench`: the whole pipeline on one catalogue, with its cost, beside a peer baseline.
+
+Runs folds -> features -> train -> blend with the given config in this process, timing each
+stage, then fits the peer (TF-IDF word 1-2 + char_wb 2-5 over all text, LogisticRegression
+C=10: the first thing a practitioner tries) on the same train rows and scores everything on the
+same test rows against DATA/solution.csv. Writes {out_dir}/bench/results.json and results.md:
+OOF weighted F1 per head and for the blend, test weighted F1 (heads, blend, peer), the blend's
+test error as a ratio of the peer's, wall time per stage, peak RSS, image embedding rate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import ID, TARGET, DataError, load_data
+
+log = logging.getLogger(__name__)
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process and of its largest finished child (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024 ** 2, 2)  # ru_maxrss is KiB on Linux
+
+
+def peer_baseline(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0) -> np.ndarray:
+    """TF-IDF word + char n-grams over all text fields -> LogisticRegression; test predictions."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from .features import _tfidf_matrix
+
+    M = _tfidf_matrix(train, test, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = LogisticRegression(C=C, max_iter=1000).fit(M[: len(train)], train[TARGET].to_numpy())
+    return model.predict(M[len(train):])
+
+
+def run_bench(cfg: dict) -> dict:
+    from sklearn.metrics import f1_score
+
+    from .blend import run_blend
+    from .features import make_features
+    from .folds import make_folds
+    from .heads import train_heads
+    from .report import load_oof, make_report
+
+    data_dir = Path(cfg["data_dir"])
+    sol_path = data_dir / "solution.csv"
+    if not sol_path.is_file():
+        raise DataError(f"{sol_path}: missing file (bench scores the test rows against it)")
+    stages, t_all = {}, time.time()
+    for name, fn in (("folds", lambda: make_folds(cfg)), ("features", lambda: make_features(cfg)),
+                     ("train", lambda: train_heads(cfg)), ("blend", lambda: run_blend(cfg))):
+        t0 = time.time()
+        out = fn()
+        stages[name] = round(time.time() - t0, 1)
+        log.info("bench: %s in %.1fs, peak RSS %.2f GiB", name, stages[name], peak_rss_gib())
+        if name == "train":
+            head_metrics = out
+        if name == "blend":
+            blend = out
+    make_report(cfg)
+    pipeline_s = round(time.time() - t_all, 1)
+
+    train, test = load_data(data_dir)
+    sol = pd.read_csv(sol_path).set_index(ID)[TARGET]
+    y_test = sol.reindex(test[ID]).to_numpy()
+    if np.isnan(y_test.astype(float)).any():
+        raise DataError(f"{sol_path}: does not cover every test product_id")
+
+    def test_f1(pred):
+        return round(float(f1_score(y_test, pred, average="weighted", zero_division=0)), 4)
+
+    rows = []
+    for name in list(head_metrics) + [cfg.get("blend", {}).get("name", "blend")]:
+        r = load_oof(cfg["out_dir"], name)
+        rows.append({"model": name, "oof_weighted_f1": round(r["metrics"]["overall"]["weighted_f1"], 4),
+                     "test_weighted_f1": test_f1(r["classes"][r["test"].argmax(1)])})
+    t0 = time.time()
+    peer_f1 = test_f1(peer_baseline(train, test))
+    peer_s = round(time.time() - t0, 1)
+    rows.append({"model": "peer: TF-IDF + LogReg", "oof_weighted_f1": None, "test_weighted_f1": peer_f1})
+
+    rates = []
+    for meta in (Path(cfg["out_dir"]) / "features").glob("**/meta.json"):
+        m = json.loads(meta.read_text())
+        if m.get("set", {}).get("kind") == "image" and m.get("rate_per_s"):
+            rates.append(m["rate_per_s"])
+    blend_f1 = rows[-2]["test_weighted_f1"]
+    res = {
+        "data": str(data_dir), "config": cfg.get("name"), "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "train_rows": len(train), "test_rows": len(test), "classes": int(train[TARGET].nunique()),
+        "results": rows, "blend_chosen": blend.get("chosen"),
+        "error_ratio_blend_vs_peer": round((1 - blend_f1) / max(1 - peer_f1, 1e-9), 3),
+        "stage_seconds": stages, "pipeline_seconds": pipeline_s, "peer_seconds": peer_s,
+        "peak_rss_gib": peak_rss_gib(), "image_embed_img_per_s": round(float(np.mean(rates)), 1) if rates else None,
+    }
+    out = Path(cfg["out_dir"]) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    lines = [f"### {data_dir.name} ({res['train_rows']} train / {res['test_rows']} test, {res['classes']} classes), "
+             f"config `{res['config']}`, {res['date']}, {res['machine']}", "",
+             "| model | OOF weighted F1 | test weighted F1 |", "|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['oof_weighted_f1'] if r['oof_weighted_f1'] is not None else '-'} | "
+                     f"{r['test_weighted_f1']} |")
+    lines += ["", f"- blend test error / peer test error: **{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
+              f"- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())
+              + f"; pipeline {pipeline_s}s; peer {peer_s}s",
+              f"- peak RSS {res['peak_rss_gib']} GiB; image embedding {res['image_embed_img_per_s']} img/s"]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return res
