@@ -32,7 +32,7 @@ def peak_rss_gib() -> float:
     return round(max(own, kids) / 1024 ** 2, 2)  # ru_maxrss is KiB on Linux
 
 
-def peer_baseline(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0) -> np.ndarray:
+def peer_baseline(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0, max_iter: int = 1000) -> np.ndarray:
     """TF-IDF word + char n-grams over all text fields -> LogisticRegression; test predictions."""
     import warnings
 
@@ -43,7 +43,7 @@ def peer_baseline(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0) -> n
     M = _tfidf_matrix(train, test, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = LogisticRegression(C=C, max_iter=1000).fit(M[: len(train)], train[TARGET].to_numpy())
+        model = LogisticRegression(C=C, max_iter=max_iter).fit(M[: len(train)], train[TARGET].to_numpy())
     return model.predict(M[len(train):])
 
 
@@ -89,9 +89,11 @@ def run_bench(cfg: dict) -> dict:
         rows.append({"model": name, "oof_weighted_f1": round(r["metrics"]["overall"]["weighted_f1"], 4),
                      "test_weighted_f1": test_f1(r["classes"][r["test"].argmax(1)])})
     t0 = time.time()
-    peer_f1 = test_f1(peer_baseline(train, test))
+    peer_iter = int((cfg.get("bench") or {}).get("peer_max_iter", 1000))
+    peer_f1 = test_f1(peer_baseline(train, test, max_iter=peer_iter))
     peer_s = round(time.time() - t0, 1)
-    rows.append({"model": "peer: TF-IDF + LogReg", "oof_weighted_f1": None, "test_weighted_f1": peer_f1})
+    rows.append({"model": "peer: TF-IDF + LogReg", "oof_weighted_f1": None, "test_weighted_f1": peer_f1,
+                 "max_iter": peer_iter})
 
     rates = []
     for meta in (Path(cfg["out_dir"]) / "features").glob("**/meta.json"):

@@ -1,9 +1,9 @@
 """Stage `blend`: Optuna-weighted blend of the heads' OOF probabilities -> submission.
 
-    P = sum_h w_h * softmax(log P_h / T_h)      w_h >= 0, optional temperature T_h per head
+    P = sum_h w_h * softmax(log P_h / T_h)      w_h >= 0, temperature T_h per head (or 1)
 
 Optuna searches the weights over rows that have an OOF prediction, by one of several
-procedures: maximise OOF weighted F1 (`optuna_f1`), minimise log loss (`optuna_logloss`, smoother,
+procedures: maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` adds temperatures), minimise log loss (`optuna_logloss`, smoother,
 less prone to fitting noise), log loss with a temperature per head (`optuna_logloss_temperature`),
 or just take the best single head (`best_single`). Guard against fitting the OOF set: the folds
 are split in two halves; each procedure chooses on one half and is scored on the other and vice
@@ -112,7 +112,7 @@ def run_blend(cfg: dict) -> dict:
             raise DataError(f"oof/{h}: OOF rows differ from oof/{heads[0]} (different folds? rerun `make train`)")
     oofs = [np.nan_to_num(r["oof"]) for r in runs]
     n_trials, temp = int(bcfg.get("trials", 100)), bool(bcfg.get("temperature", False))
-    metric, seed = bcfg.get("metric", "f1"), int(cfg.get("seed", 0))
+    seed = int(cfg.get("seed", 0))
 
     def optuna(metric_, temp_):
         return lambda rows: search_weights([p[rows] for p in oofs], y_all[rows], n_trials, temp_, metric_, seed)
@@ -163,7 +163,7 @@ def run_blend(cfg: dict) -> dict:
         np.save(out / f"{f}.npy", arr)
     summary = {
         "heads": heads, "weights": dict(zip(heads, final["weights"])),
-        "temperatures": dict(zip(heads, final["temperatures"])), "metric": metric, "trials": n_trials,
+        "temperatures": dict(zip(heads, final["temperatures"])), "trials": n_trials,
         "chosen": chosen, "oof_refit": refit, "oof_held_out": held[chosen], "held_out": held,
         "best_single_head": {"name": best_head, **single[best_head]},
         "equal_weight_mean": equal, "single_heads": single, "never_validated_rows": int((~has).sum()),
@@ -174,7 +174,7 @@ def run_blend(cfg: dict) -> dict:
     (out / "metrics.json").write_text(json.dumps({"head": name, "kind": "blend", "overall": refit,
                                                   "folds": per_fold, **summary}, indent=2))
     sub = write_submission(cfg["out_dir"], name, ref["test_ids"], classes[blend_test.argmax(1)], cfg["data_dir"])
-    lines = [f"blend of {len(heads)} heads ({metric}, {n_trials} trials), OOF weighted F1 on {int(has.sum())} rows:",
+    lines = [f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
              f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
              f"  equal-weight mean            {equal['weighted_f1']:.4f}",
              "  held out (each procedure chooses on one half of the folds, scored on the other): "
