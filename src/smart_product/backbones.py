@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -39,8 +38,9 @@ def autocast(dev: torch.device):
 def n_workers(requested=None) -> int:
     if requested is not None:
         return int(requested)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(16, max(0, cpus - 1))
+    from .config import n_cpus
+
+    return min(16, max(0, n_cpus() - 1))
 
 
 # ---------------------------------------------------------------- encoders
@@ -145,6 +145,11 @@ def build_text_encoder(name: str, max_length: int = 128) -> TextEncoder:
 
 # ---------------------------------------------------------------- data
 
+def has_path(path) -> bool:
+    """False for a missing image path (None, or NaN as pandas stores it)."""
+    return path is not None and not (isinstance(path, float) and math.isnan(path))
+
+
 class ImageSet(Dataset):
     """Images by path; a missing or unreadable image gives zeros and ok=False."""
 
@@ -159,7 +164,7 @@ class ImageSet(Dataset):
 
         path, ok = self.paths[i], True
         try:
-            if path is None or (isinstance(path, float) and math.isnan(path)):
+            if not has_path(path):
                 raise FileNotFoundError
             with Image.open(path) as img:
                 img.draft("RGB", (self.size, self.size))  # JPEG: decode at a reduced scale >= size
@@ -298,7 +303,7 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
     head = nn.Linear(encoder.dim, n_classes).to(dev)
     keep = np.ones(len(labels), bool)
     if kind == "image":  # rows without a usable image teach nothing
-        keep = np.array([p is not None and not (isinstance(p, float) and math.isnan(p)) for p in items])
+        keep = np.array([has_path(p) for p in items])
     items = [it for it, k in zip(items, keep) if k]
     labels = labels[keep]
     loader = Loader(encoder, kind).make(items, batch_size, labels=labels, train=True, workers=workers)

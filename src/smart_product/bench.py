@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import n_cpus
 from .data import ID, TARGET, DataError, load_data
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def run_bench(cfg: dict) -> dict:
     blend_f1 = rows[-2]["test_weighted_f1"]
     res = {
         "data": str(data_dir), "config": cfg.get("name"), "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": f"{platform.machine()}, {n_cpus()} cores",
         "train_rows": len(train), "test_rows": len(test), "classes": int(train[TARGET].nunique()),
         "results": rows, "blend_chosen": blend.get("chosen"),
         "error_ratio_blend_vs_peer": round((1 - blend_f1) / max(1 - peer_f1, 1e-9), 3),

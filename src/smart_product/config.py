@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ def resolve(path: str | Path) -> Path:
     """Relative paths in configs are relative to the repository root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (REPO / p)
+
+
+def n_cpus() -> int:
+    """Cores this process may use (respects affinity/cgroup pinning where the OS tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def config_hash(section: Any) -> str:

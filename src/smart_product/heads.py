@@ -23,22 +23,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .config import n_cpus
 from .data import ID, TARGET, DataError, load_split
 from .features import load_features
 from .folds import NEVER, load_folds
 
 log = logging.getLogger(__name__)
-
-
-def n_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _inner_split(y: np.ndarray, frac: float, seed: int):
@@ -199,7 +195,7 @@ class CatBoostHead:
         self.model = CatBoostClassifier(
             loss_function="MultiClass", iterations=self.iterations, learning_rate=self.learning_rate,
             depth=self.depth, l2_leaf_reg=self.l2_leaf_reg, random_seed=self.seed, verbose=0,
-            thread_count=n_threads(), task_type="GPU" if gpu else "CPU", class_names=list(range(n_classes)),
+            thread_count=n_cpus(), task_type="GPU" if gpu else "CPU", class_names=list(range(n_classes)),
             allow_writing_files=False)
         self.model.fit(Z[fit], y[fit], eval_set=(Z[val], y[val]) if val.any() else None,
                        early_stopping_rounds=self.early_stopping_rounds if val.any() else None)
