@@ -128,3 +128,47 @@ def test_tfidf_sparse_is_saved_sparse_and_mixes_with_dense(demo_dir, make_cfg):
     Xtr, Xte = load_features(cfg, ["tabular", "tfidf_sparse"], 0, tr_ids, te_ids)
     assert sparse.issparse(Xtr) and Xtr.shape[0] == len(tr_ids) and Xte.shape[1] == Xtr.shape[1] > 1000
     assert Xtr.nnz / (Xtr.shape[0] * Xtr.shape[1]) < 0.2  # mostly zeros, stored sparse
+
+
+def _two_field_frame(n=200):
+    """Class 0: 'red' in the title, 'cotton' in the description; class 1: the other way round.
+    Both classes have the same bag of words over all text: only the field tells them apart."""
+    y = np.arange(n) % 2
+    frame = pd.DataFrame({"title": np.where(y == 0, "red", "cotton"), "description": np.where(y == 0, "cotton", "red"),
+                          "attributes_text": "", "shop_title": "shop",
+                          **{f"{f}_text": "" for f in ("custom_characteristics", "defined_characteristics", "filters")}})
+    return frame, y
+
+
+def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
+    from sklearn.model_selection import cross_val_score
+    from sklearn.svm import LinearSVC
+
+    from smart_product.features import _tfidf_matrix
+
+    frame, y = _two_field_frame()
+    half = len(frame) // 2
+    joint = _tfidf_matrix(frame[:half], frame[half:], {"fields": {"all": {"word": [1, 1]}}})
+    fields = _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1]},
+                                                                   "description": {"word": [1, 1], "weight": 0.5}}})
+    acc_joint = cross_val_score(LinearSVC(), joint, y, cv=4).mean()
+    acc_fields = cross_val_score(LinearSVC(), fields, y, cv=4).mean()
+    assert acc_joint <= 0.6 and acc_fields == 1.0
+    assert fields.shape == (len(frame), 4)                  # red/cotton per field
+    assert np.isclose(fields[:, 2:].max(), 0.5)              # the description block is scaled by its weight
+    with pytest.raises(DataError, match="unknown TF-IDF field 'body'"):
+        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"body": {"word": [1, 1]}}})
+    with pytest.raises(DataError, match="needs word and/or char"):
+        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"weight": 2}}})
+
+
+def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
+    cfg = make_cfg(demo_dir, "features.sets={tf: {kind: tfidf_sparse, fields: {title: {word: [1, 2], char: [2, 4]},"
+                             " description: {word: [1, 1]}, dicts: {word: [1, 1]}, shop_title: {word: [1, 1]}}},"
+                             " tf_svd: {kind: tfidf, svd_dim: 16, fields: {title: {word: [1, 1]}}}}")
+    make_features(cfg)
+    tr_ids, te_ids = _ids(demo_dir)
+    Xtr, Xte = load_features(cfg, ["tf"], 0, tr_ids, te_ids)
+    assert Xtr.shape[0] == len(tr_ids) and Xte.shape[1] == Xtr.shape[1] > 1000
+    Ztr, _ = load_features(cfg, ["tf_svd"], 0, tr_ids, te_ids)
+    assert Ztr.shape == (len(tr_ids), 16) and np.isfinite(Ztr).all()

@@ -119,8 +119,8 @@ def run_bench(cfg: dict) -> dict:
              f"config `{res['config']}`, {res['date']}, {res['machine']}", "",
              "| model | OOF weighted F1 | test weighted F1 |", "|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['oof_weighted_f1'] if r['oof_weighted_f1'] is not None else '-'} | "
-                     f"{r['test_weighted_f1']} |")
+        oof = "-" if r["oof_weighted_f1"] is None else f"{r['oof_weighted_f1']:.4f}"
+        lines.append(f"| {r['model']} | {oof} | {r['test_weighted_f1']:.4f} |")
     lines += ["", f"- blend test error / peer test error: **{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
               f"- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())
               + f"; pipeline {pipeline_s}s; peer {peer_s}s",

@@ -3,7 +3,8 @@
 Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
 - tabular:  rating (+ missing flag), sale, log shop frequency, log text lengths, has_image,
             empty-field flags, attribute/key counts. No labels.
-- tfidf:    word (1-2) and char_wb (2-5) n-grams over all text, TruncatedSVD to `svd_dim`.
+- tfidf:    word (1-2) and char_wb (2-5) n-grams over all text, TruncatedSVD to `svd_dim`;
+            `fields:` makes one TF-IDF block per field instead (title, description, dicts, ...).
             Fit on train + test text (no labels are used, so this is leak-free; transductive).
 - tfidf_sparse: the same TF-IDF matrix kept sparse (train.npz / test.npz) for linear heads.
 - navec:    mean navec vectors (shipped in `natasha`, nltk WordPunctTokenizer) of the shop title,
@@ -76,18 +77,62 @@ def tabular(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     return X.to_numpy()[: len(train)], X.to_numpy()[len(train):], list(X.columns)
 
 
+# the default: one word + one char vectorizer over all text (the joint view)
+ALL_TEXT = {"all": {"word": [1, 2], "char": [2, 5]}}
+TFIDF_FIELDS = ("all", "title", "description", "dicts", "shop_title")
+
+
+def field_text(frame: pd.DataFrame, field: str) -> list[str]:
+    """The text one TF-IDF field reads: all (title, description, attributes, dicts, shop title),
+    title, description, dicts (attributes + the three characteristic dicts) or shop_title."""
+    if field == "all":
+        return [t + " | " + s for t, s in zip(text_view(frame, "all"), frame["shop_title"].fillna(""))]
+    if field == "dicts":
+        joined = frame["attributes_text"].fillna("")
+        for f in DICT_FIELDS:
+            joined = joined + " | " + frame[f"{f}_text"].fillna("")
+        return joined.tolist()
+    if field in ("title", "description", "shop_title"):
+        return frame[field].fillna("").tolist()
+    raise DataError(f"config features: unknown TF-IDF field {field!r} (one of {TFIDF_FIELDS})")
+
+
 def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
-    """Word 1-2 + char_wb 2-5 TF-IDF over all text + shop title, fit on train + test text (no labels)."""
+    """TF-IDF blocks side by side, fit on train + test text (no labels).
+
+    `fields` (default ALL_TEXT) maps a field (see field_text) to its vectorizers: `word: [1, 2]`
+    (word n-gram range), `char: [2, 5]` (char_wb n-gram range), optional `weight` (scales the
+    field's block) and `max_features`. Separate fields let a linear head weigh a title word apart
+    from the same word in a long description: on fashion (long care-label HTML) title/dicts/
+    description fields beat the joint view by ~0.006 weighted F1; on flipkart the joint view wins.
+    """
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    texts = text_view(train, "all") + text_view(test, "all")
-    texts = [t + " | " + s for t, s in zip(texts, pd.concat([train.shop_title, test.shop_title]).fillna(""))]
-    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=opts.get("max_features", 200_000),
-                           sublinear_tf=True, lowercase=True)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2,
-                           max_features=opts.get("max_features", 200_000), sublinear_tf=True)
-    return hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr().astype(np.float32)
+    both = pd.concat([train, test], ignore_index=True)
+    blocks = []
+    for field, spec in (opts.get("fields") or ALL_TEXT).items():
+        texts = field_text(both, field)
+        spec = spec or {}
+        unknown = set(spec) - {"word", "char", "weight", "max_features", "min_df"}
+        if unknown or not ({"word", "char"} & set(spec)):
+            raise DataError(f"config features.sets.{opts.get('name')}.fields.{field}: needs word and/or char "
+                            f"n-gram ranges (unknown keys: {sorted(unknown)})")
+        common = dict(min_df=int(spec.get("min_df", 2)), sublinear_tf=True,
+                      max_features=int(spec.get("max_features", opts.get("max_features", 200_000))))
+        for analyzer, rng in (("word", spec.get("word")), ("char_wb", spec.get("char"))):
+            if not rng:
+                continue
+            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(rng), **common)
+            try:
+                M = vec.fit_transform(texts)
+            except ValueError:  # empty vocabulary: the field is empty everywhere
+                log.warning("features/%s: field %s has no %s n-grams; skipped", opts.get("name"), field, analyzer)
+                continue
+            blocks.append(M * float(spec.get("weight", 1.0)))
+    if not blocks:
+        raise DataError(f"features/{opts.get('name')}: no TF-IDF field has any text")
+    return hstack(blocks).tocsr().astype(np.float32)
 
 
 def tfidf_sparse(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
