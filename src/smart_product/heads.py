@@ -154,7 +154,11 @@ class LinearHead:
         if self.solver == "svm":
             from sklearn.svm import LinearSVC
 
-            self.model = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+            from sklearn.multiclass import OneVsRestClassifier
+
+            # the same one-vs-rest problems liblinear solves in turn, spread over the cores
+            svc = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+            self.model = OneVsRestClassifier(svc, n_jobs=n_cpus()) if n_classes > 2 else svc
         else:
             self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         with warnings.catch_warnings():
