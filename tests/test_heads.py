@@ -155,3 +155,29 @@ def test_wandb_tracking_offline(trained):
     run_root = run_dir.parent
     assert list(run_root.glob("*.wandb"))                                       # the offline run file
     assert len(list(run_dir.rglob("*.png"))) == 2                               # report plots logged
+
+
+def test_linear_svm_head_matches_liblinear_and_gives_probabilities():
+    """solver: svm spreads the one-vs-rest problems over the cores: the same decisions as a plain
+    LinearSVC, probabilities that sum to 1 in the full class order, classes absent from the fit
+    rows get 0, and the fit is far above chance."""
+    from scipy import sparse
+    from sklearn.svm import LinearSVC
+
+    from smart_product.heads import LinearHead
+
+    rng = np.random.default_rng(0)
+    n, d, n_classes = 600, 300, 7                       # class 6 never appears in the fit rows
+    y = rng.integers(0, 6, n)
+    X = sparse.random(n, d, density=0.05, random_state=0, format="csr", dtype=np.float32)
+    X = sparse.hstack([X, sparse.csr_matrix(np.eye(6, dtype=np.float32)[y] * 0.3)]).tocsr()
+    dense = rng.normal(size=(n, 5)).astype(np.float32)
+    fit, val = np.arange(n) < 450, np.arange(n) >= 450
+    head = LinearHead(C=1.0, solver="svm").fit([X[fit], dense[fit]], y[fit], n_classes)
+    P = head.predict_proba([X[val], dense[val]])
+    assert P.shape == (val.sum(), n_classes) and np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 6] == 0).all()
+    plain = LinearSVC(C=1.0, random_state=0).fit(head._stack([X[fit], dense[fit]]), y[fit])
+    assert (P.argmax(1) == plain.predict(head._stack([X[val], dense[val]]))).mean() > 0.99
+    assert (P.argmax(1) == y[val]).mean() > 0.9
+    with pytest.raises(DataError, match="solver must be lbfgs or svm"):
+        LinearHead(solver="sgd")

@@ -109,9 +109,13 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    fields = opts.get("fields") or ALL_TEXT
+    if not isinstance(fields, dict) or not all(isinstance(v, dict) or v is None for v in fields.values()):
+        raise DataError(f"config features.sets.{opts.get('name')}.fields: a mapping field -> "
+                        f"{{word: [1, 2], char: [2, 5], weight: 1.0}}, not {fields!r}")
     both = pd.concat([train, test], ignore_index=True)
     blocks = []
-    for field, spec in (opts.get("fields") or ALL_TEXT).items():
+    for field, spec in fields.items():
         texts = field_text(both, field)
         spec = spec or {}
         unknown = set(spec) - {"word", "char", "weight", "max_features", "min_df"}

@@ -152,9 +152,8 @@ class LinearHead:
         self.scales = [(None, None) if sparse.issparse(b) else
                        (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
         if self.solver == "svm":
-            from sklearn.svm import LinearSVC
-
             from sklearn.multiclass import OneVsRestClassifier
+            from sklearn.svm import LinearSVC
 
             # the same one-vs-rest problems liblinear solves in turn, spread over the cores
             svc = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
