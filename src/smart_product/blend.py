@@ -75,9 +75,7 @@ def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, met
         w = [trial.suggest_float(f"w{j}", 0.0, 1.0) for j in range(h)]
         if sum(w) == 0:
             return float("inf") if direction == "minimize" else 0.0
-        # down to 0.02: a LinearSVC head's softmax(decision scores) is nearly flat (scores within
-        # about +-1.5) and needs sharpening by ~10-50x to be comparable with a calibrated head
-        t = [trial.suggest_float(f"t{j}", 0.02, 5.0, log=True) for j in range(h)] if temperature else None
+        t = [trial.suggest_float(f"t{j}", 0.3, 3.0, log=True) for j in range(h)] if temperature else None
         return _objective_value(combine(probs, w, t), y, metric)
 
     study.optimize(objective, n_trials=max(n_trials, h + 1))
