@@ -41,16 +41,21 @@ BACKBONE = ("image", "text")
 
 # ---------------------------------------------------------------- text views
 
+def _joined(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+    out = frame[columns[0]].fillna("")
+    for c in columns[1:]:
+        out = out + " | " + frame[c].fillna("")
+    return out
+
+
+DICT_TEXT = ["attributes_text"] + [f"{f}_text" for f in DICT_FIELDS]
+
+
 def text_view(frame: pd.DataFrame, view: str) -> list[str]:
     if view == "title":
         return frame["title"].fillna("").tolist()
     if view == "all":
-        parts = [frame["title"], frame["description"], frame["attributes_text"]] + \
-                [frame[f"{f}_text"] for f in DICT_FIELDS]
-        joined = parts[0].fillna("")
-        for p in parts[1:]:
-            joined = joined + " | " + p.fillna("")
-        return joined.tolist()
+        return _joined(frame, ["title", "description", *DICT_TEXT]).tolist()
     raise ValueError(f"unknown text view {view!r} (all, title)")
 
 
@@ -88,10 +93,7 @@ def field_text(frame: pd.DataFrame, field: str) -> list[str]:
     if field == "all":
         return [t + " | " + s for t, s in zip(text_view(frame, "all"), frame["shop_title"].fillna(""))]
     if field == "dicts":
-        joined = frame["attributes_text"].fillna("")
-        for f in DICT_FIELDS:
-            joined = joined + " | " + frame[f"{f}_text"].fillna("")
-        return joined.tolist()
+        return _joined(frame, DICT_TEXT).tolist()
     if field in ("title", "description", "shop_title"):
         return frame[field].fillna("").tolist()
     raise DataError(f"config features: unknown TF-IDF field {field!r} (one of {TFIDF_FIELDS})")
