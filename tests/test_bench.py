@@ -1,23 +1,58 @@
 import json
 
+import pytest
+
+from smart_product import bench as bench_mod
 from smart_product.bench import run_bench
 from smart_product.config import load_config
 
+CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse}}",
+         "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse, tabular], params: {C: 10, max_iter: 200}}}",
+         "blend.trials=10"]
+LR, SVM = "peer: TF-IDF + LogReg", "peer: TF-IDF + LinearSVC"
+
 
 def test_bench_writes_results_with_peer_timings_and_memory(demo_dir, tmp_path):
-    cfg = load_config(None, [f"out_dir={tmp_path}",
-                             "features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse}}",
-                             "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse, tabular], params: {C: 10, max_iter: 200}}}",
-                             "blend.trials=10"], str(demo_dir))
+    cfg = load_config(None, [f"out_dir={tmp_path}", *CHEAP], str(demo_dir))
     res = run_bench(cfg)
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert saved == res
     models = {r["model"]: r for r in res["results"]}
-    assert set(models) == {"tfidf_lr", "blend", "peer: TF-IDF + LogReg"}
-    assert 0.5 < models["peer: TF-IDF + LogReg"]["test_weighted_f1"] <= 1      # far above chance (60 classes)
+    assert set(models) == {"tfidf_lr", "blend", LR, SVM}                     # 60 classes: both peers
+    assert 0.5 < models[LR]["test_weighted_f1"] <= 1      # far above chance (60 classes)
+    assert 0.5 < models[SVM]["test_weighted_f1"] <= 1
     assert 0.5 < models["blend"]["test_weighted_f1"] <= 1 and models["blend"]["oof_weighted_f1"] > 0.5
     assert set(res["stage_seconds"]) == {"folds", "features", "train", "blend"}
     assert all(v >= 0 for v in res["stage_seconds"].values()) and res["pipeline_seconds"] > 0
     assert 0.05 < res["peak_rss_gib"] < 24
     assert res["error_ratio_blend_vs_peer"] > 0
+    stronger = max((LR, SVM), key=lambda m: models[m]["test_weighted_f1"])
+    assert res["stronger_peer"] == stronger                                   # the ratio is taken against it
+    blend_err, peer_err = 1 - models["blend"]["test_weighted_f1"], 1 - models[stronger]["test_weighted_f1"]
+    assert res["error_ratio_blend_vs_peer"] == pytest.approx(blend_err / peer_err, abs=2e-3)
     assert "goal <= 0.75" in (tmp_path / "bench" / "results.md").read_text()
+
+
+def test_bench_writes_results_when_a_peer_fails(demo_dir, tmp_path, monkeypatch):
+    def out_of_memory(train, test, **kw):
+        raise MemoryError("lbfgs history does not fit")
+
+    monkeypatch.setitem(bench_mod.PEERS, "lr", (LR, out_of_memory))
+    cfg = load_config(None, [f"out_dir={tmp_path}", *CHEAP], str(demo_dir))
+    res = run_bench(cfg)
+    models = {r["model"]: r for r in json.loads((tmp_path / "bench" / "results.json").read_text())["results"]}
+    assert models[LR]["test_weighted_f1"] is None and "MemoryError" in models[LR]["error"]
+    assert res["stronger_peer"] == SVM and res["error_ratio_blend_vs_peer"] > 0
+    assert "failed (MemoryError" in (tmp_path / "bench" / "results.md").read_text()
+    monkeypatch.setitem(bench_mod.PEERS, "svm", (SVM, out_of_memory))
+    res = run_bench(cfg)                                                       # every peer fails: still written
+    assert res["stronger_peer"] is None and res["error_ratio_blend_vs_peer"] is None
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["results"][0]["model"] == "tfidf_lr"
+
+
+def test_peers_above_200_classes_are_linear_svc_only():
+    assert bench_mod.peer_names({}, 142) == ["lr", "svm"]
+    assert bench_mod.peer_names({}, 864) == ["svm"]
+    assert bench_mod.peer_names({"peers": ["lr"]}, 864) == ["lr"]
+    with pytest.raises(ValueError, match="unknown"):
+        bench_mod.peer_names({"peers": ["xgb"]}, 10)

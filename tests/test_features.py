@@ -118,6 +118,15 @@ def test_features_of_other_data_are_rejected(demo_dir, make_cfg):
         load_features(cfg, ["nope"], 0, tr_ids, te_ids)
 
 
+def test_a_disabled_set_is_not_computed(demo_dir, make_cfg):
+    cfg = make_cfg(demo_dir, "features.sets={tabular: {kind: tabular}, navec: {kind: navec, enabled: false}}")
+    assert set(make_features(cfg)) == {"tabular"}
+    assert not (Path(cfg["out_dir"]) / "features" / "navec").exists()
+    tr_ids, te_ids = _ids(demo_dir)
+    with pytest.raises(DataError, match="not in features.sets"):
+        load_features(cfg, ["navec"], 0, tr_ids, te_ids)
+
+
 def test_tfidf_sparse_is_saved_sparse_and_mixes_with_dense(demo_dir, make_cfg):
     from scipy import sparse
 
@@ -174,3 +183,61 @@ def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
     assert Xtr.shape[0] == len(tr_ids) and Xte.shape[1] == Xtr.shape[1] > 1000
     Ztr, _ = load_features(cfg, ["tf_svd"], 0, tr_ids, te_ids)
     assert Ztr.shape == (len(tr_ids), 16) and np.isfinite(Ztr).all()
+
+
+def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(demo_dir, tmp_path, make_cfg,
+                                                                           monkeypatch, caplog):
+    """No readable image in the data: the image set is skipped with one log line (no model is built,
+    no blank image is embedded), the head that lists it runs on its other sets, and the blend
+    writes a valid submission."""
+    import shutil
+
+    from smart_product import features as features_mod
+    from smart_product.blend import run_blend
+    from smart_product.heads import train_heads
+    from smart_product.submit import check_against_data, read_submission
+
+    data = tmp_path / "no_images"
+    data.mkdir()
+    for f in ("train.parquet", "test.parquet"):
+        shutil.copy(demo_dir / f, data / f)
+    cfg = make_cfg(data, "features.sets={tfidf_sparse: {kind: tfidf_sparse}, image: {kind: image, "
+                         "model: test_efficientnet, weights: random, image_size: 32}}",
+                   "heads={lr: {kind: linear, features: [tfidf_sparse, image], params: {C: 10, max_iter: 200}}}",
+                   "blend.trials=5")
+
+    def no_model(opts):
+        raise AssertionError("a model was built for a catalogue without images")
+
+    monkeypatch.setattr(features_mod, "_build", no_model)
+    make_folds(cfg)
+    with caplog.at_level("INFO"):
+        timings = make_features(cfg)
+        assert timings["image"] == 0.0
+        meta = json.loads((Path(cfg["out_dir"]) / "features/image/meta.json").read_text())
+        assert "train has 0 readable images of 2000 rows" in meta["skipped"]
+        assert not list((Path(cfg["out_dir"]) / "features/image").glob("*.np?"))
+        assert make_features(cfg) == {}                                   # the skip is cached
+        metrics = train_heads(cfg)
+    assert any("features/image was skipped" in r.message and "runs without it" in r.message for r in caplog.records)
+    assert metrics["lr"]["overall"]["weighted_f1"] > 0.5                # text alone, far above chance
+    run_blend(cfg)
+    sub_path = Path(cfg["out_dir"]) / "submissions" / "blend.csv"
+    check_against_data(read_submission(sub_path), data, sub_path)       # every test id once, train classes
+    only_image = {**cfg, "heads": {"img": {"kind": "linear", "features": ["image"]}}}
+    with pytest.raises(DataError, match="was skipped"):
+        train_heads(only_image)
+
+
+def test_embed_never_pushes_a_row_without_image_through_the_model(demo_dir):
+    from smart_product.backbones import build_image_encoder, embed
+
+    train = load_split(demo_dir, "train", False).head(40)
+    paths = train.image_path.tolist()
+    paths[::4] = [None] * len(paths[::4])
+    enc = build_image_encoder("test_efficientnet", "random", image_size=32)
+    seen = []
+    enc.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+    X, ok, _ = embed(enc, "image", paths, batch_size=8, workers=0)
+    assert sum(seen) == sum(p is not None for p in paths) == 30
+    assert (X[::4] == 0).all() and not ok[::4].any() and ok[1::4].all() and (np.abs(X[1::4]).sum(1) > 0).all()

@@ -9,7 +9,7 @@ from smart_product import heads as heads_mod
 from smart_product.data import DataError
 from smart_product.features import make_features
 from smart_product.folds import make_folds
-from smart_product.heads import run_head, train_heads
+from smart_product.heads import SoftmaxHead, run_head, train_heads
 from smart_product.report import make_report
 
 CHEAP = "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}, navec: {kind: navec}}"
@@ -176,8 +176,81 @@ def test_linear_svm_head_matches_liblinear_and_gives_probabilities():
     head = LinearHead(C=1.0, solver="svm").fit([X[fit], dense[fit]], y[fit], n_classes)
     P = head.predict_proba([X[val], dense[val]])
     assert P.shape == (val.sum(), n_classes) and np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 6] == 0).all()
-    plain = LinearSVC(C=1.0, random_state=0).fit(head._stack([X[fit], dense[fit]]), y[fit])
-    assert (P.argmax(1) == plain.predict(head._stack([X[val], dense[val]]))).mean() > 0.99
+    plain = LinearSVC(C=1.0, random_state=0).fit(head.stacker.transform([X[fit], dense[fit]]), y[fit])
+    assert (P.argmax(1) == plain.predict(head.stacker.transform([X[val], dense[val]]))).mean() > 0.99
     assert (P.argmax(1) == y[val]).mean() > 0.9
     with pytest.raises(DataError, match="solver must be lbfgs or svm"):
         LinearHead(solver="sgd")
+
+
+def _sparse_problem(seed=0, n=1500, d=2000, n_classes=8, signal=0.25):
+    """A noisy sparse problem: each class has its own handful of indicative columns."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    proto = sparse.random(n_classes, d, density=0.01, random_state=seed, format="csr", dtype=np.float32)
+    noise = sparse.random(n, d, density=0.01, random_state=seed + 1, format="csr", dtype=np.float32)
+    return (noise + proto[y] * signal).tocsr(), y
+
+
+def test_softmax_head_matches_sklearn_logistic_regression():
+    """The torch softmax head is multinomial logistic regression: full-batch (L-BFGS, the same L2)
+    its decisions are sklearn LogisticRegression's; the mini-batch path used at scale gets close;
+    probabilities sum to 1 in the full class order (0 for a class absent from the fit rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from smart_product.heads import SoftmaxHead
+
+    X, y = _sparse_problem(signal=0.12)
+    fit, val = np.arange(len(y)) < 1100, np.arange(len(y)) >= 1100
+    sk = LogisticRegression(C=10, max_iter=3000).fit(X[fit], y[fit])
+    sk_pred = sk.predict(X[val])
+    sk_acc = (sk_pred == y[val]).mean()
+    assert 0.5 < sk_acc < 0.99                            # hard enough for the comparison to mean something
+    # sklearn minimises ||w||^2 / 2 + C * sum(loss): the mean loss + ||w||^2 / (2 C n)
+    exact = SoftmaxHead(optimizer="lbfgs", epochs=500, weight_decay=1 / (10 * fit.sum())).fit([X[fit]], y[fit], 9)
+    P = exact.predict_proba([X[val]])                     # class 8: no fit rows
+    assert P.shape == (val.sum(), 9) and P.dtype == np.float32
+    assert np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 8] == 0).all()
+    assert (P.argmax(1) == sk_pred).mean() > 0.98
+    assert np.abs(P[:, :8] - sk.predict_proba(X[val])).max() < 0.05
+    mini = SoftmaxHead(epochs=5, lr=0.3, batch_size=128, weight_decay=1e-3).fit([X[fit]], y[fit], 9)
+    pred = mini.predict_proba([X[val]]).argmax(1)
+    assert (pred == sk_pred).mean() > 0.93 and (pred == y[val]).mean() > sk_acc - 0.06
+    adam = SoftmaxHead(epochs=20, lr=0.02, optimizer="adam", hidden=64, batch_size=128, label_smoothing=0.1,
+                       input_dropout=0.1, weight_decay=1e-3).fit([X[fit]], y[fit], 9)
+    assert (adam.predict_proba([X[val]]).argmax(1) == y[val]).mean() > sk_acc - 0.1
+    with pytest.raises(DataError, match="optimizer must be adagrad, adam or lbfgs"):
+        SoftmaxHead(optimizer="sgd")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_softmax_head_runs_on_cuda():
+    from smart_product.heads import SoftmaxHead
+
+    X, y = _sparse_problem()
+    head = SoftmaxHead(epochs=5, batch_size=256).fit([X[:1000]], y[:1000], 8)
+    assert head.W.device.type == "cuda"
+    assert (head.predict_proba([X[1000:]]).argmax(1) == y[1000:]).mean() > 0.5
+
+
+def test_a_head_over_its_max_classes_is_skipped(demo_dir, make_cfg, caplog):
+    """`max_classes`: a liblinear head is skipped (logged) on a catalogue of more classes, unless asked for by name."""
+    cfg = make_cfg(demo_dir, "features.sets={tabular: {kind: tabular}}",
+                   "heads={small: {kind: logreg, features: [tabular], max_classes: 3, params: {max_iter: 50}},"
+                   " any: {kind: logreg, features: [tabular], params: {max_iter: 50}}}")
+    make_folds(cfg)
+    make_features(cfg)
+    with caplog.at_level("WARNING"):
+        assert set(train_heads(cfg)) == {"any"}
+    assert "heads.small: skipped" in caplog.text and "max_classes 3" in caplog.text
+    assert not (Path(cfg["out_dir"]) / "oof" / "small").exists()
+    assert set(train_heads(cfg, only=["small"])) == {"small"}
+
+
+def test_softmax_head_c_sets_the_l2_strength_by_rows():
+    X, y = _sparse_problem(n=400)
+    head = SoftmaxHead(C=0.5, loss="squared_hinge", epochs=2).fit([X[:300]], y[:300], 8)
+    assert head.weight_decay == pytest.approx(1 / (0.5 * 300))
+    assert (head.predict_proba([X[300:]]).argmax(1) == y[300:]).mean() > 0.5

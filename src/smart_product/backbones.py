@@ -261,13 +261,20 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
     dev = device()
     _prepare(encoder, dev).eval()
     items = list(items)
-    order = np.arange(len(items))
+    n_all = len(items)
     if kind == "text":  # sort by length so batches pad little
         order = np.argsort([len(t) for t in items], kind="stable")
-        items = [items[i] for i in order]
+    else:  # rows without an image path are never pushed through the model: their vectors stay zeros
+        order = np.flatnonzero([has_path(p) for p in items])
+    items = [items[i] for i in order]
+    out = np.zeros((n_all, encoder.dim), np.float32)
+    ok_all = np.zeros(n_all, bool)
+    if not items:
+        log.info("%s: no %s to embed; all %d vectors are zeros", desc, kind, n_all)
+        return out, ok_all, 0.0
     loader = Loader(encoder, kind).make(items, batch_size, workers=workers)
-    out = np.zeros((len(items), encoder.dim), np.float32)
-    ok_all = np.zeros(len(items), bool)
+    done = np.zeros((len(items), encoder.dim), np.float32)
+    ok_done = np.zeros(len(items), bool)
     t0, i = time.time(), 0
     with torch.inference_mode(), autocast(dev):
         for x, ok, _ in tqdm(loader, desc=desc, mininterval=2, leave=False):
@@ -275,14 +282,14 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
             n = len(z)
             ok = ok.numpy().astype(bool)
             z[~ok] = 0.0
-            out[i:i + n], ok_all[i:i + n] = z, ok
+            done[i:i + n], ok_done[i:i + n] = z, ok
             i += n
     rate = len(items) / max(time.time() - t0, 1e-9)
-    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s)", desc, len(items), kind, time.time() - t0,
-             rate, "img" if kind == "image" else "text", batch_size, dev.type)
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    return out[inv], ok_all[inv], rate
+    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s)%s", desc, len(items), kind, time.time() - t0,
+             rate, "img" if kind == "image" else "text", batch_size, dev.type,
+             f"; {n_all - len(items)} rows without an image left at zeros" if n_all > len(items) else "")
+    out[order], ok_all[order] = done, ok_done
+    return out, ok_all, rate
 
 
 # ---------------------------------------------------------------- fine-tune

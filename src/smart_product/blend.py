@@ -12,7 +12,11 @@ The procedure that wins out of sample is refit on all folds and applied to the t
 probabilities, if that refit is also no worse than the best single head on OOF (else the next
 procedure by held-out score; `best_single` always qualifies), so a blend that only fits OOF noise
 is not used. `blend.procedures` limits the
-candidates. Each search is seeded with each head alone and the equal-weight mean. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and the submission.
+candidates. Each search is seeded with each head alone and the equal-weight mean, and runs on at
+most `blend.max_rows` rows (a seeded sample; default 20,000), so its cost and memory do not grow
+with the catalogue: at 91k rows x 864 classes a trial would otherwise recombine 300 MB matrices.
+Everything stays float32. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and
+the submission.
 """
 from __future__ import annotations
 
@@ -86,6 +90,14 @@ def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, met
             "value": study.best_value}
 
 
+def subsample(rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Indices of the True rows, or a seeded sample of `max_rows` of them (sorted)."""
+    idx = np.flatnonzero(rows)
+    if len(idx) <= max_rows:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, max_rows, replace=False))
+
+
 def run_blend(cfg: dict) -> dict:
     bcfg = cfg.get("blend") or {}
     name = bcfg.get("name", "blend")
@@ -110,12 +122,18 @@ def run_blend(cfg: dict) -> dict:
     for h, r in zip(heads, runs):
         if not np.array_equal(~np.isnan(r["oof"]).any(1), has):
             raise DataError(f"oof/{h}: OOF rows differ from oof/{heads[0]} (different folds? rerun `make train`)")
-    oofs = [np.nan_to_num(r["oof"]) for r in runs]
+    oofs = [np.nan_to_num(r["oof"], copy=False) for r in runs]  # in place: no second n x classes copy
     n_trials, temp = int(bcfg.get("trials", 100)), bool(bcfg.get("temperature", False))
     seed = int(cfg.get("seed", 0))
+    max_rows = int(bcfg.get("max_rows", 20_000))
 
     def optuna(metric_, temp_):
-        return lambda rows: search_weights([p[rows] for p in oofs], y_all[rows], n_trials, temp_, metric_, seed)
+        # the search runs on at most `max_rows` of the rows (a seeded sample), so a trial recombines
+        # max_rows x classes, not 91k x 864; the weights it finds are then scored on all the rows
+        def choose(rows):
+            idx = subsample(rows, max_rows, seed)
+            return search_weights([p[idx] for p in oofs], y_all[idx], n_trials, temp_, metric_, seed)
+        return choose
 
     def best_single_weights(rows):
         f1 = [scores(y_all[rows], p[rows].argmax(1))["weighted_f1"] for p in oofs]

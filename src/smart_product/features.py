@@ -124,12 +124,15 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
         if unknown or not ({"word", "char"} & set(spec)):
             raise DataError(f"config features.sets.{opts.get('name')}.fields.{field}: needs word and/or char "
                             f"n-gram ranges (unknown keys: {sorted(unknown)})")
-        common = dict(min_df=int(spec.get("min_df", 2)), sublinear_tf=True,
+        # min_df: one value, or [word, char]
+        min_df = spec.get("min_df", 2)
+        min_df = dict(zip(("word", "char_wb"), min_df if isinstance(min_df, list) else [min_df, min_df]))
+        common = dict(sublinear_tf=True, dtype=np.float32,
                       max_features=int(spec.get("max_features", opts.get("max_features", 200_000))))
         for analyzer, rng in (("word", spec.get("word")), ("char_wb", spec.get("char"))):
             if not rng:
                 continue
-            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(rng), **common)
+            vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(rng), min_df=int(min_df[analyzer]), **common)
             try:
                 M = vec.fit_transform(texts)
             except ValueError:  # empty vocabulary: the field is empty everywhere
@@ -283,6 +286,8 @@ def feature_sets(cfg: dict) -> dict:
     out = {}
     for name, opts in sets.items():
         opts = dict(opts or {}, name=name)
+        if not opts.pop("enabled", True):  # `enabled: false`: a base config's set this one drops
+            continue
         kind = opts.get("kind")
         if kind not in CHEAP + BACKBONE:
             raise DataError(f"config features.sets.{name}: unknown kind {kind!r} (one of {CHEAP + BACKBONE})")
@@ -295,7 +300,7 @@ def is_per_fold(opts: dict) -> bool:
 
 
 def make_features(cfg: dict, only: list[str] | None = None) -> dict:
-    """Compute every configured feature set not already cached; returns {set: seconds}."""
+    """Compute every enabled feature set (or `only` these) not already cached; returns {set: seconds}."""
     from .folds import load_folds
 
     root = Path(cfg["out_dir"]) / "features"
@@ -322,12 +327,23 @@ def make_features(cfg: dict, only: list[str] | None = None) -> dict:
             todo = [k for k in ks if not _done(folder / f"fold{k}" / "meta.json", fold_key)]
         else:
             todo = [] if _done(folder / "meta.json", base_key) else [None]
+        if _done(folder / "meta.json", base_key) and is_skipped(folder):
+            log.info("features/%s: cached, skipped (%s)", name, json.loads((folder / "meta.json").read_text())["skipped"])
+            continue
         if not todo:
             log.info("features/%s: cached, nothing to do", name)
             continue
         if train is None:
             train, test = _load_for_features(cfg)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)  # a per-fold set's old skip marker
+        reason = absent_modality(train, test, opts)
+        if reason:  # nothing to embed: no matrices, heads that list this set run without it
+            log.warning("features/%s: skipped, %s", name, reason)
+            (folder / "meta.json").write_text(json.dumps({"key": base_key, "set": opts, "skipped": reason,
+                                                          "data_fingerprint": data_fp}, indent=2, default=str))
+            timings[name] = 0.0
+            continue
         np.save(folder / "train_ids.npy", train[ID].to_numpy())
         np.save(folder / "test_ids.npy", test[ID].to_numpy())
         t0 = time.time()
@@ -354,6 +370,32 @@ def make_features(cfg: dict, only: list[str] | None = None) -> dict:
     return timings
 
 
+def absent_modality(train: pd.DataFrame, test: pd.DataFrame, opts: dict) -> str | None:
+    """Why an image set should not be computed (too few readable images in a split), or None.
+
+    `min_image_share` (per set, default 0.05): below that share of readable images in train or
+    in test the set is skipped: embedding blank rows costs the full model pass and adds nothing.
+    """
+    if opts["kind"] != "image":
+        return None
+    need = float(opts.get("min_image_share", 0.05))
+    for split, frame in (("train", train), ("test", test)):
+        share = float(frame["has_image"].mean()) if len(frame) else 0.0
+        if share < need or not frame["has_image"].any():
+            return (f"{split} has {int(frame['has_image'].sum())} readable images of {len(frame)} rows "
+                    f"({share:.1%} < min_image_share {need:.0%})")
+    return None
+
+
+def is_skipped(folder: Path) -> bool:
+    """A set whose meta.json marks it skipped (absent modality): it has no matrices."""
+    meta = folder / "meta.json"
+    try:
+        return meta.is_file() and bool(json.loads(meta.read_text()).get("skipped"))
+    except json.JSONDecodeError:
+        return False
+
+
 def _load_for_features(cfg):
     train, test = load_data(cfg["data_dir"])
     train = apply_image_status(train, check_images(train), "train")
@@ -378,6 +420,10 @@ def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray,
         if name not in sets:
             raise DataError(f"head uses feature set {name!r}, not in features.sets ({sorted(sets)})")
         folder = root / name
+        if is_skipped(folder):
+            log.info("features/%s was skipped (%s); the head runs without it", name,
+                     json.loads((folder / "meta.json").read_text())["skipped"])
+            continue
         sub = folder / f"fold{fold}" if is_per_fold(sets[name]) else folder
         if not (sub / "meta.json").is_file():
             raise DataError(f"{sub}: features missing or unfinished (run `make features`)")
@@ -386,6 +432,8 @@ def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray,
             raise DataError(f"{folder}: made for other data (product ids differ); rerun `make features`")
         tr.append(_load_matrix(sub, "train"))
         te.append(_load_matrix(sub, "test"))
+    if not tr:
+        raise DataError(f"every feature set of {names} was skipped (absent modality): the head has no input")
     if blocks:
         return tr, te
     from scipy import sparse

@@ -8,6 +8,9 @@ uses an inner split of the training rows, never fold k.
 Heads (config `heads: {name: {kind: ..., features: [...], params: {...}}}`):
 - logreg:   StandardScaler -> multinomial LogisticRegression (fast linear baseline)
 - linear:   LogisticRegression over feature blocks: sparse TF-IDF as is + scaled dense embeddings
+            (or one-vs-rest LinearSVC, `solver: svm`)
+- softmax:  the same blocks -> multinomial logistic regression (or one hidden layer) in torch:
+            one weight matrix for all classes, sparse row updates, CUDA when present (softmax.py)
 - catboost: StandardScaler -> PCA, or PCA -> LFDA (`reduce`, `dim`; fit on the inner-fit rows) ->
             CatBoost MultiClass, early stopping on the inner split; task_type GPU with CUDA
 - mlp:      the seed's MLP: 3 hidden layers, dropout 0.5, Adam 1e-3, StepLR, batch 4096,
@@ -33,6 +36,7 @@ from .config import n_cpus
 from .data import ID, TARGET, DataError, load_split
 from .features import load_features
 from .folds import NEVER, load_folds
+from .softmax import SoftmaxHead
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +126,33 @@ def _reducer(kind: str, X, dim: int, seed: int):
     return make_pipeline(*steps)
 
 
+class BlockStacker:
+    """Feature blocks -> one CSR matrix: sparse blocks (TF-IDF) as they are, each dense block
+    standardised on the fit rows and scaled by dense_weight / sqrt(dim), so a 1,000-dim embedding
+    neither drowns nor vanishes beside the TF-IDF."""
+
+    def __init__(self, dense_weight: float = 0.5):
+        self.dense_weight = dense_weight
+
+    def fit(self, blocks):
+        from scipy import sparse
+
+        self.scales = [(None, None) if sparse.issparse(b) else
+                       (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
+        return self
+
+    def transform(self, blocks):
+        from scipy import sparse
+
+        if len(blocks) != len(self.scales):
+            raise DataError(f"{len(blocks)} feature blocks, fit on {len(self.scales)}")
+        out = [b if mean is None else sparse.csr_matrix(((b - mean) * scale).astype(np.float32))
+               for b, (mean, scale) in zip(blocks, self.scales)]
+        return sparse.hstack(out).tocsr().astype(np.float32)
+
+
 class LinearHead:
-    """LogisticRegression over feature blocks: sparse blocks (TF-IDF) as they are, each dense block
-    standardised on the training rows and scaled by dense_weight / sqrt(dim), so a 1,000-dim
-    embedding neither drowns nor vanishes beside the TF-IDF. Takes the list of blocks."""
+    """LogisticRegression or one-vs-rest LinearSVC over feature blocks (see BlockStacker)."""
     blocks = True
 
     def __init__(self, C: float = 10.0, max_iter: int = 1000, dense_weight: float = 0.5, solver: str = "lbfgs",
@@ -136,21 +163,11 @@ class LinearHead:
             raise DataError(f"config heads (linear): solver must be lbfgs or svm, not {solver!r}")
         self.C, self.max_iter, self.dense_weight, self.solver, self.seed = C, max_iter, dense_weight, solver, seed
 
-    def _stack(self, blocks):
-        from scipy import sparse
-
-        out = []
-        for b, (mean, scale) in zip(blocks, self.scales):
-            out.append(b if mean is None else sparse.csr_matrix(((b - mean) * scale).astype(np.float32)))
-        return sparse.hstack(out).tocsr()
-
     def fit(self, blocks, y, n_classes):
-        from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
         self.n_classes = n_classes
-        self.scales = [(None, None) if sparse.issparse(b) else
-                       (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
+        self.stacker = BlockStacker(self.dense_weight).fit(blocks)
         if self.solver == "svm":
             from sklearn.multiclass import OneVsRestClassifier
             from sklearn.svm import LinearSVC
@@ -162,11 +179,11 @@ class LinearHead:
             self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.model.fit(self._stack(blocks), y)
+            self.model.fit(self.stacker.transform(blocks), y)
         return self
 
     def predict_proba(self, blocks):
-        X = self._stack(blocks)
+        X = self.stacker.transform(blocks)
         if self.solver == "svm":
             z = self.model.decision_function(X)
             z = z[:, None] if z.ndim == 1 else z
@@ -332,8 +349,8 @@ class LfdaKnnHead:
         return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
 
 
-HEADS = {"logreg": LogRegHead, "linear": LinearHead, "catboost": CatBoostHead, "mlp": MLPHead,
-         "lfda_knn": LfdaKnnHead}
+HEADS = {"logreg": LogRegHead, "linear": LinearHead, "softmax": SoftmaxHead, "catboost": CatBoostHead,
+         "mlp": MLPHead, "lfda_knn": LfdaKnnHead}
 
 
 def make_head(kind: str, params: dict | None, seed: int = 0):
@@ -470,7 +487,17 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
 
 
 def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False) -> dict:
-    names = only or [n for n, h in head_configs(cfg).items() if h.get("enabled", True)]
+    """Run the enabled heads (or `only` these). A head with `max_classes: N` is skipped, with a log
+    line, on a catalogue of more classes: a one-vs-rest liblinear head fits one problem per class."""
+    heads = head_configs(cfg)
+    names = only or [n for n, h in heads.items() if h.get("enabled", True)]
+    limits = {n: int(heads[n]["max_classes"]) for n in names if not only and (heads.get(n) or {}).get("max_classes")}
+    if limits:
+        n_classes = load_split(cfg["data_dir"], "train", parse_text=False)[TARGET].nunique()
+        for n, limit in limits.items():
+            if n_classes > limit:
+                log.warning("heads.%s: skipped, the catalogue has %d classes > its max_classes %d", n, n_classes, limit)
+                names.remove(n)
     return {n: run_head(cfg, n, force=force) for n in names}
 
 
