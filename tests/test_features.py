@@ -171,6 +171,8 @@ def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
         _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"weight": 2}}})
     with pytest.raises(DataError, match="a mapping field ->"):
         _tfidf_matrix(frame[:half], frame[half:], {"fields": ["title", "description"]})
+    with pytest.raises(DataError, match=r"min_df: one number or \[word, char\]"):
+        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1], "min_df": [1, 2, 3]}}})
 
 
 def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):

@@ -126,7 +126,11 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
                             f"n-gram ranges (unknown keys: {sorted(unknown)})")
         # min_df: one value, or [word, char]
         min_df = spec.get("min_df", 2)
-        min_df = dict(zip(("word", "char_wb"), min_df if isinstance(min_df, list) else [min_df, min_df]))
+        min_df = min_df if isinstance(min_df, list) else [min_df, min_df]
+        if len(min_df) != 2:
+            raise DataError(f"config features.sets.{opts.get('name')}.fields.{field}.min_df: one number or "
+                            f"[word, char], not {spec['min_df']!r}")
+        min_df = dict(zip(("word", "char_wb"), min_df))
         common = dict(sublinear_tf=True, dtype=np.float32,
                       max_features=int(spec.get("max_features", opts.get("max_features", 200_000))))
         for analyzer, rng in (("word", spec.get("word")), ("char_wb", spec.get("char"))):

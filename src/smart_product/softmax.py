@@ -8,12 +8,14 @@ blocks stacked as one CSR matrix (sparse TF-IDF as is, dense blocks standardised
     u = unique columns of the batch;  logits = embedding_bag(batch -> u, W[u]) + b
 
 so the gradient is |u| x classes, not features x classes, and the optimiser (lazy Adagrad, or
-lazy Adam) updates only those rows. That keeps a step at ~0.1-0.3 s on 2 CPU cores for 2,048
-short titles x 450k TF-IDF columns x 864 classes; with CUDA the same code runs on the GPU.
+lazy Adam) updates only those rows. Measured on ozon (2,048 short titles a batch, 380k TF-IDF
+columns, 864 classes, 2 CPU cores): ~0.45 s a step with `hidden: 512`, ~1.1 s for the linear
+model; on one H100 the 512-unit net takes 2.7 s a fold instead of 79 s.
 
 `hidden: H > 0` puts one ReLU layer of H units between the sparse input and the classes (a
 fastText-like net over TF-IDF): W is features x H, so it is cheaper than the linear model when
-H < classes. Regularisation: label smoothing, lazy L2 on the rows touched (`weight_decay`),
+H < classes. Regularisation: label smoothing, lazy L2 on the rows touched (`weight_decay`, or
+`C` for 1 / (C * rows)),
 input dropout (drops TF-IDF entries), a linearly decaying learning rate over `epochs`.
 `optimizer: lbfgs` fits full-batch instead (exact L2; `epochs` = L-BFGS iterations): the same
 optimum as sklearn's LogisticRegression, for small data and for the tests.
@@ -82,7 +84,6 @@ class SoftmaxHead:
 
     def fit(self, blocks, y, n_classes):
         import torch
-        import torch.nn.functional as F
 
         from .backbones import device
         from .heads import BlockStacker
