@@ -33,7 +33,7 @@ $(DEMO):
 validate: $(DATADEP)                 ## check data + every image, print counts
 	$(RUN) validate $(ARGS)
 
-folds: $(DATADEP)                    ## -> folds/folds.csv, folds/meta.json
+folds: $(DATADEP)                    ## -> folds/folds.csv, folds/meta.json (+ near-duplicate audit), folds/dups.parquet
 	$(RUN) folds $(ARGS)
 
 eda: $(DATADEP)                      ## -> reports/eda/eda.md, eda.png, images_broken.csv

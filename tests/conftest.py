@@ -14,7 +14,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0)
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, test_frac=0.25)  # smaller test split: faster tests
 
 
 @pytest.fixture

@@ -100,3 +100,19 @@ def test_train_is_cached_and_blend_reruns_alone(blended):
     changed = {**cfg, "heads": {**cfg["heads"], "lr_text": {**cfg["heads"]["lr_text"], "params": {"C": 0.2}}}}
     run_head(changed, "lr_text")                          # config changed: refit
     assert oof.stat().st_mtime_ns != before
+
+
+def test_report_splits_oof_by_near_duplicate_in_training(blended):
+    """auto grouped the demo's folds: no validated row has a near-duplicate in training."""
+    from smart_product.report import make_report
+
+    cfg, metrics, _ = blended
+    report = make_report(cfg)
+    text = report.read_text()
+    assert "## Near-duplicates" in text and "p_test" in text and "grouped by near-duplicate cluster" in text
+    rep = json.loads((report.parent / "report.json").read_text())
+    rows, heads = rep["near_duplicates"], {h["name"]: h for h in rep["heads"]}
+    assert {r["name"] for r in rows} >= set(metrics)
+    lr = next(r for r in rows if r["name"] == "lr_text")
+    assert lr["rows_with_dup"] == 0 and lr["rows_without_dup"] == heads["lr_text"]["rows"]
+    assert lr["without_dup"] == pytest.approx(heads["lr_text"]["weighted_f1"], abs=1e-4)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ from smart_product.demo import make_demo_data
 
 
 def test_demo_data_layout_and_determinism(demo_dir, tmp_path):
-    again = make_demo_data(tmp_path / "again", seed=0)
+    again = make_demo_data(tmp_path / "again", seed=0, test_frac=0.25)
     for name in ("train.parquet", "test.parquet", "solution.csv"):
         assert (again / name).read_bytes() == (demo_dir / name).read_bytes()
     train = pd.read_parquet(demo_dir / "train.parquet")
@@ -22,6 +23,11 @@ def test_demo_data_layout_and_determinism(demo_dir, tmp_path):
     assert set(sol.product_id) == set(test.product_id) and set(sol.category_id) <= set(counts.index)
     assert train.text_fields.str.contains("[а-яА-Я]", regex=True).all()  # Russian text
     assert train.text_fields.str.contains("<p>").mean() > 0.9              # HTML descriptions
+    # products listed as variants: the same description under several titles, never across the split
+    desc = lambda df: df.text_fields.map(lambda t: json.loads(t)["description"])  # noqa: E731
+    d_train, d_test = desc(train), desc(test)
+    assert 0.4 < d_train.duplicated(keep=False).mean() < 0.9
+    assert not set(d_train[d_train != ""]) & set(d_test[d_test != ""])
 
 
 def test_eda_writes_report_and_plot(demo_dir, make_cfg):
@@ -30,6 +36,7 @@ def test_eda_writes_report_and_plot(demo_dir, make_cfg):
     report = run_eda(make_cfg(demo_dir))
     text = report.read_text()
     assert "singleton classes: 5" in text and "missing: 4, corrupt: 2" in text
+    assert "## Near-duplicate listings" in text and "**grouped by near-duplicate cluster**" in text
     assert (report.parent / "eda.png").stat().st_size > 10_000
     assert len(pd.read_csv(report.parent / "images_broken.csv")) == 6
 

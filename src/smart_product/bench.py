@@ -82,7 +82,9 @@ PEERS = {"lr": ("peer: TF-IDF + LogReg", peer_lr), "svm": ("peer: TF-IDF + Linea
 def peer_names(bcfg: dict, n_classes: int) -> list[str]:
     """bench.peers, or by default both; above bench.lr_max_classes (200) classes only the LinearSVC
     peer: lbfgs keeps ~20 copies of a classes x columns weight matrix (~80 GiB at 864 x 600k)."""
-    names = bcfg.get("peers") or (["lr", "svm"] if n_classes <= int(bcfg.get("lr_max_classes", 200)) else ["svm"])
+    names = bcfg.get("peers")  # [] = no peers (e.g. an OOF-vs-test check of the folds)
+    if names is None:
+        names = ["lr", "svm"] if n_classes <= int(bcfg.get("lr_max_classes", 200)) else ["svm"]
     unknown = set(names) - set(PEERS)
     if unknown:
         raise DataError(f"config bench.peers: unknown {sorted(unknown)} (one of {sorted(PEERS)})")
@@ -129,8 +131,9 @@ def run_bench(cfg: dict) -> dict:
     rows = []
     for name in list(head_metrics) + [cfg.get("blend", {}).get("name", "blend")]:
         r = load_oof(cfg["out_dir"], name)
-        rows.append({"model": name, "oof_weighted_f1": round(r["metrics"]["overall"]["weighted_f1"], 4),
-                     "test_weighted_f1": test_f1(r["classes"][r["test"].argmax(1)])})
+        oof_f1, test_ = round(r["metrics"]["overall"]["weighted_f1"], 4), test_f1(r["classes"][r["test"].argmax(1)])
+        rows.append({"model": name, "oof_weighted_f1": oof_f1, "test_weighted_f1": test_,
+                     "oof_minus_test": round(oof_f1 - test_, 4)})
     bcfg = cfg.get("bench") or {}
     peer_s, peer_rows = {}, []
     for key in peer_names(bcfg, int(train[TARGET].nunique())):
@@ -156,8 +159,14 @@ def run_bench(cfg: dict) -> dict:
     blend_f1 = rows[len(head_metrics)]["test_weighted_f1"]
     scored = [r for r in peer_rows if r["test_weighted_f1"] is not None]
     best_peer = max(scored, key=lambda r: r["test_weighted_f1"]) if scored else None
+    fmeta = json.loads((Path(cfg["out_dir"]) / "folds" / "meta.json").read_text())
+    audit = fmeta.get("dup_audit") or {}
+    folds_info = {"group_col": fmeta.get("group_col"), "policy": fmeta.get("policy"),
+                  **{k: round(audit[k], 4) for k in ("p_test", "p_oof_plain", "p_oof_grouped", "p_oof_chosen")
+                     if k in audit}}
     res = {
         "data": str(data_dir), "config": cfg.get("name"), "date": date.today().isoformat(),
+        "folds": folds_info,
         "machine": f"{platform.machine()}, {n_cpus()} cores",
         "train_rows": len(train), "test_rows": len(test), "classes": int(train[TARGET].nunique()),
         "results": rows, "blend_chosen": blend.get("chosen"),
@@ -174,11 +183,13 @@ def run_bench(cfg: dict) -> dict:
     (out / "results.json").write_text(json.dumps(res, indent=2))
     lines = [f"### {data_dir.name} ({res['train_rows']} train / {res['test_rows']} test, {res['classes']} classes), "
              f"config `{res['config']}`, {res['date']}, {res['machine']}", "",
-             "| model | OOF weighted F1 | test weighted F1 |", "|---|---|---|"]
+             "- folds: " + ", ".join(f"{k} {v}" for k, v in folds_info.items()), "",
+             "| model | OOF weighted F1 | test weighted F1 | OOF - test |", "|---|---|---|---|"]
     for r in rows:
         oof = "-" if r["oof_weighted_f1"] is None else f"{r['oof_weighted_f1']:.4f}"
         test_ = f"{r['test_weighted_f1']:.4f}" if r["test_weighted_f1"] is not None else f"failed ({r['error']})"
-        lines.append(f"| {r['model']} | {oof} | {test_} |")
+        gap = f"{r['oof_minus_test']:+.4f}" if r.get("oof_minus_test") is not None else "-"
+        lines.append(f"| {r['model']} | {oof} | {test_} | {gap} |")
     lines += ["", f"- blend test error / stronger peer's ({res['stronger_peer']}) test error: "
                   f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
               f"- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())

@@ -20,7 +20,8 @@ def _demo_data(cfg, args):
 
     demo = cfg.get("demo", {})
     make_demo_data(args.out or cfg["data_dir"], seed=int(demo.get("seed", 0)),
-                   n_train=int(demo.get("n_train", 2000)), image_size=int(demo.get("image_size", 96)))
+                   n_train=int(demo.get("n_train", 2000)), test_frac=float(demo.get("test_frac", 1.0)),
+                   image_size=int(demo.get("image_size", 96)))
 
 
 def _validate(cfg, args):

@@ -6,6 +6,12 @@ come in pairs that share an image shape, so the image alone cannot tell paired f
 the text alone often cannot tell the colour: a model needs both. Class sizes follow a power law
 with singletons and classes of 2-4 rows; a few rows are deliberately broken (missing image,
 corrupt image, empty description) and must be handled, not crash the pipeline.
+
+Like a real marketplace, a product (its own model name, description and photo) is often listed as
+2-5 variants: a size in the title, the same description, the photo recoloured (background and
+shade). The test split is drawn by product, so each product's variants are all in train or all in
+test: plain folds would validate rows whose sibling variants they trained on, and overstate the
+test score; the folds stage's `auto` policy must notice and group (src/smart_product/folds.py).
 """
 from __future__ import annotations
 
@@ -53,6 +59,13 @@ FILLER = ["Отличное качество.", "Быстрая доставка
           "Гарантия 12 месяцев.", "Производство: Россия.", "Товар сертифицирован."]
 BRANDS = ["Ромашка", "Технолайн", "Уралочка", "Домовёнок", "Северянка", "Байкал", "Волна"]
 
+SYLLABLES = ["ар", "го", "ве", "га", "ли", "ра", "мо", "ни", "ка", "то", "зе", "ну", "ри", "са",
+             "до", "бе", "лу", "ма"]
+SIZES = ["размер S", "размер M", "размер L", "размер XL", "42", "44", "46", "набор 2 шт", "набор 3 шт",
+         "мини", "макси"]
+P_VARIANTS = 0.3           # share of products listed as several variants ...
+N_VARIANTS = (2, 4)        # ... between these many (inclusive)
+
 N_CLASSES = 60
 N_SINGLETONS = 5
 RARE_SIZES = [2, 2, 2, 3, 3, 3, 4, 4, 4]
@@ -68,16 +81,29 @@ def _class_sizes(n_train: int) -> np.ndarray:
     return np.concatenate([big, RARE_SIZES, np.ones(N_SINGLETONS, int)])
 
 
-def _draw_image(rng, shape: str, rgb, texture: str, size: int = 96):
+def _image_params(rng, shape: str, rgb, texture: str, size: int = 96) -> dict:
+    """Everything random about one product's photo except its pixel noise."""
+    return {"shape": shape, "texture": texture, "size": size,
+            "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
+            "col": tuple(int(np.clip(c + rng.normal(0, 22), 0, 255)) for c in rgb),
+            "r": size * rng.uniform(0.22, 0.34), "cx": size / 2 + rng.uniform(-10, 10),
+            "cy": size / 2 + rng.uniform(-10, 10), "rot": rng.uniform(0, 2 * math.pi),
+            "blur": rng.uniform(0, 1.2)}
+
+
+def _recolour(rng, params: dict) -> dict:
+    """A variant's photo: the same shot with another background and a shade of the same colour."""
+    return {**params, "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
+            "col": tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in params["col"])}
+
+
+def _draw_image(rng, params: dict):
     from PIL import Image, ImageDraw, ImageFilter
 
-    bg = tuple(int(v) for v in rng.integers(200, 250, 3))
+    shape, texture, size, bg, col = (params[k] for k in ("shape", "texture", "size", "bg", "col"))
+    r, cx, cy, rot = params["r"], params["cx"], params["cy"], params["rot"]
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
-    col = tuple(int(np.clip(c + rng.normal(0, 22), 0, 255)) for c in rgb)
-    r = size * rng.uniform(0.22, 0.34)
-    cx, cy = size / 2 + rng.uniform(-10, 10), size / 2 + rng.uniform(-10, 10)
-    rot = rng.uniform(0, 2 * math.pi)
 
     def poly(n, radius, phase=0.0):
         return [(cx + radius * math.cos(phase + rot + 2 * math.pi * i / n),
@@ -118,9 +144,14 @@ def _draw_image(rng, shape: str, rgb, texture: str, size: int = 96):
         for x in range(4, size, 10):
             for y in range(4, size, 10):
                 d.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=bg)
-    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2))), dtype=float)
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(params["blur"])), dtype=float)
     arr += rng.normal(0, 14, arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _model_name(rng) -> str:
+    name = "".join(SYLLABLES[i] for i in rng.integers(len(SYLLABLES), size=int(rng.integers(2, 4))))
+    return name.capitalize() + (f"-{int(rng.integers(1, 100))}" if rng.random() < 0.5 else "")
 
 
 def _product(rng, fam: int, colour: int, shops: list, fam_shops: dict) -> dict:
@@ -128,15 +159,17 @@ def _product(rng, fam: int, colour: int, shops: list, fam_shops: dict) -> dict:
     colour_name = COLOURS[colour][0]
     noun = nouns[rng.integers(len(nouns))]
     brand = BRANDS[rng.integers(len(BRANDS))]
+    model = _model_name(rng)
     say_colour = rng.random() < 0.4  # the colour is named in the text only sometimes
     generic = rng.random() < 0.12   # some titles say nothing about the product
     title = GENERIC[rng.integers(len(GENERIC))] if generic else noun
-    title += f" {brand}" + (f" {colour_name}" if say_colour and rng.random() < 0.5 else "")
-    sentences = [f"{noun if rng.random() < 0.6 else 'Товар'} &laquo;{brand}&raquo;."]
+    title += f" {brand} {model}" + (f" {colour_name}" if say_colour and rng.random() < 0.5 else "")
+    sentences = [f"{noun if rng.random() < 0.6 else 'Товар'} &laquo;{brand}&raquo; {model}."]
     sentences += [w.capitalize() + "." for w in rng.permutation(words)[: rng.integers(1, 4)]]
     sentences += list(rng.permutation(FILLER)[: rng.integers(1, 3)])
     if say_colour:
         sentences.append(f"Цвет: {colour_name}.")
+    sentences.append(f"Артикул {int(rng.integers(10_000, 99_999))}.")
     description = "<p>" + "&nbsp;".join(sentences[:2]) + "</p><ul>" + "".join(
         f"<li>{s}</li>" for s in sentences[2:]) + "</ul>"
     if rng.random() < 0.04:
@@ -160,7 +193,7 @@ def _product(rng, fam: int, colour: int, shops: list, fam_shops: dict) -> dict:
 
 
 def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
-                   test_frac: float = 0.25, image_size: int = 96) -> Path:
+                   test_frac: float = 1.0, image_size: int = 96) -> Path:
     """Write train/test parquet, images and solution.csv under out_dir; returns out_dir."""
     from tqdm import tqdm
 
@@ -177,25 +210,40 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
     shops = [f"{a} {b}" for a in SHOP_A for b in SHOP_B]
     fam_shops = {f: list(rng.choice(len(shops), 2, replace=False)) for f in range(len(FAMILIES))}
 
-    rows = []
+    # each class's train and test rows are filled with products of 1 or 2-5 variants; a product
+    # is all in train or all in test (the split is by product)
+    products = []
     for (fam, colour), cid, n in zip(classes, cat_ids, sizes):
-        n_test = int(round(n * test_frac)) if n >= 5 else 0
-        for i in range(n + n_test):
-            rows.append({"split": "train" if i < n else "test", "category_id": int(cid),
-                         "category_name": f"{FAMILIES[fam][0]}/{COLOURS[colour][0]}",
-                         "fam": fam, "colour": colour})
-    order = rng.permutation(len(rows))
-    rows = [rows[i] for i in order]
-    for pid, row in zip(rng.choice(np.arange(100_000, 999_999), len(rows), replace=False), rows):
-        row["product_id"] = int(pid)
+        n_test = int(round(n * test_frac)) if n >= 2 else 0   # singleton classes stay in train
+        for split, left in (("train", n), ("test", n_test)):
+            while left > 0:
+                k = int(rng.integers(N_VARIANTS[0], N_VARIANTS[1] + 1)) if (n > 1 and rng.random() < P_VARIANTS) else 1
+                k = min(k, left)
+                products.append({"split": split, "category_id": int(cid), "fam": fam, "colour": colour,
+                                 "variants": k, "category_name": f"{FAMILIES[fam][0]}/{COLOURS[colour][0]}"})
+                left -= k
+    products = [products[i] for i in rng.permutation(len(products))]
+    n_rows = sum(p["variants"] for p in products)
+    pids = iter(rng.choice(np.arange(100_000, 999_999), n_rows, replace=False))
 
     records = []
-    for row in tqdm(rows, desc="demo products", mininterval=1):
-        rec = {"product_id": row["product_id"], **_product(rng, row["fam"], row["colour"], shops, fam_shops)}
-        img = _draw_image(rng, SHAPES[row["fam"] // 2], COLOURS[row["colour"]][1],
-                          TEXTURES[rng.integers(len(TEXTURES))], image_size)
-        img.save(out / "images" / row["split"] / f"{row['product_id']}.jpg", quality=90)
-        records.append({**row, **rec})
+    for g, prod in enumerate(tqdm(products, desc="demo products", mininterval=1)):
+        base = _product(rng, prod["fam"], prod["colour"], shops, fam_shops)
+        params = _image_params(rng, SHAPES[prod["fam"] // 2], COLOURS[prod["colour"]][1],
+                               TEXTURES[rng.integers(len(TEXTURES))], image_size)
+        sizes_v = rng.permutation(SIZES)[: prod["variants"]]
+        for v in range(prod["variants"]):
+            rec = dict(base)
+            if prod["variants"] > 1:
+                fields = json.loads(base["text_fields"])
+                fields["title"] = f"{fields['title']} {sizes_v[v]}"
+                rec["text_fields"] = json.dumps(fields, ensure_ascii=False)
+                rec["sale"] = bool(rng.random() < 0.2)
+            row = {"product_id": int(next(pids)), "product_group": g, **{k: prod[k] for k in (
+                "split", "category_id", "category_name", "fam", "colour")}, **rec}
+            img = _draw_image(rng, params if v == 0 else _recolour(rng, params))
+            img.save(out / "images" / row["split"] / f"{row['product_id']}.jpg", quality=90)
+            records.append(row)
     df = pd.DataFrame(records)
 
     # deliberately broken rows: missing images, corrupt images (empty descriptions happen above)
@@ -216,7 +264,9 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
         .to_parquet(out / "test.parquet", index=False)
     train.to_parquet(out / "train.parquet", index=False)
     test[["product_id", "category_id"]].to_csv(out / "solution.csv", index=False)
-    log.info("demo data: %d train / %d test products, %d classes (%d singletons) -> %s",
-             len(train), len(test), train.category_id.nunique(),
-             int((train.category_id.value_counts() == 1).sum()), out)
+    multi = df.groupby("product_group")["product_id"].transform("size") > 1
+    log.info("demo data: %d train / %d test listings, %d classes (%d singletons); %.0f%% of listings "
+             "are variants of a product (kept on one side of the split) -> %s", len(train), len(test),
+             train.category_id.nunique(), int((train.category_id.value_counts() == 1).sum()),
+             100 * multi.mean(), out)
     return out

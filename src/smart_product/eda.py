@@ -1,7 +1,8 @@
 """Stage `eda`: a Markdown report and PNG plots about the data, written to reports/eda/.
 
 Reads the data only (never fits anything): class sizes, rare classes, rating and sale, text
-lengths and empty-field rates per field, image sizes and broken images.
+lengths and empty-field rates per field, image sizes and broken images, and the near-duplicate
+audit (the clusters of folds/dups.parquet, found and cached here if the folds stage has not yet).
 """
 from __future__ import annotations
 
@@ -27,6 +28,28 @@ def _image_size(path) -> tuple[int, int]:
             return img.size
     except Exception:
         return (0, 0)
+
+
+def _dup_section(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, k: int) -> list[str]:
+    """The folds stage's audit: what `folds.group_col: auto` would choose on this data, and why."""
+    from . import dups
+    from .folds import assign_folds, audit_lines, choose_grouping
+
+    found = dups.load_or_find(cfg, train, test)
+    if found is None:
+        return ["", "## Near-duplicate listings", "", "- off (folds.dups: false)"]
+    frame, stats = found
+    fcfg = cfg.get("folds", {})
+    seed, y = int(fcfg.get("seed", 42)), train[TARGET].to_numpy()
+    cl_train, cl_test = frame["cluster"].to_numpy()[: len(train)], frame["cluster"].to_numpy()[len(train):]
+    plain = assign_folds(y, k, seed)
+    audit = {**dups.audit(cl_train, cl_test, {"plain": plain, "grouped": assign_folds(y, k, seed, cl_train)}),
+             "clusters": stats,
+             "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
+    grouped, why = choose_grouping(audit, float(fcfg.get("auto_margin", 0.05)))
+    meta = {"policy": "grouped by near-duplicate cluster" if grouped else "plain stratified",
+            "group_col": "auto", "why": why, "dup_audit": audit}
+    return ["", "## Near-duplicate listings (what `folds.group_col: auto` chooses)", ""] + audit_lines(meta)
 
 
 def run_eda(cfg: dict) -> Path:
@@ -71,6 +94,7 @@ def run_eda(cfg: dict) -> Path:
         lines.append(f"- width median {int(np.median(sizes[:, 0]))} (min {sizes[:, 0].min()}, max "
                      f"{sizes[:, 0].max()}); height median {int(np.median(sizes[:, 1]))}")
     broken[[ID, "split", "status", "image_path"]].to_csv(out / "images_broken.csv", index=False)
+    lines += _dup_section(cfg, train, test, k)
     lines += ["", "## Largest and rarest classes", "", "| category_id | rows |", "|---|---|"]
     lines += [f"| {c} | {n} |" for c, n in pd.concat([counts.head(5), counts.tail(5)]).items()]
 

@@ -9,8 +9,21 @@ Policy (also in the README):
   no OOF prediction. Reports count these rows;
 - with a group column (StratifiedGroupKFold semantics) a group is one unit: all its rows share a
   fold. A group that holds a singleton row goes to -1 whole, so no variant of a training-only row
-  is ever validated.
+  is ever validated; so does a group that holds all rows of its class (one product listed as
+  3 variants is, for validation, a singleton class).
 The order in which units are dealt is shuffled by the seed: same seed -> identical folds.csv.
+
+Which groups (`folds.group_col`):
+- `auto` (the default): near-duplicate clusters over train + test are found first (dups.py; no
+  labels). Grouped by cluster when plain folds would give validation rows far more
+  near-duplicates in their training folds than the test rows have in train
+  (p_oof_plain - p_test > folds.auto_margin, default 0.05: the test split kept variants apart, so
+  plain folds would reward recognising seen listings the test never rewards); plain otherwise
+  (a random test split, where near-duplicates do cross it). The choice and why are printed and
+  stored in folds/meta.json with the audit;
+- a column name (e.g. `title`): rows with the same value share a fold;
+- `null`: plain stratified folds.
+The audit is computed whatever the choice (unless `folds.dups: false`).
 """
 from __future__ import annotations
 
@@ -46,9 +59,14 @@ def assign_folds(y, k: int = 5, seed: int = 42, groups=None) -> np.ndarray:
         gi[lone] = gi.max(initial=-1) + 1 + np.arange(lone.sum())
     n_groups = gi.max() + 1 if n else 0
 
-    # a unit (group or row) that holds a singleton-class row is never validated, whole
+    # a unit (group or row) that holds a singleton-class row is never validated, whole; with groups,
+    # so is a group that holds every row of a class (a class of one product: validating it would
+    # leave no other product of the class to learn from, like a singleton)
     never_group = np.zeros(n_groups, bool)
     never_group[gi[class_n[yi] == 1]] = True
+    if groups is not None and n:
+        groups_per_class = pd.DataFrame({"c": yi, "g": gi}).groupby("c")["g"].nunique().to_numpy()
+        never_group[gi[groups_per_class[yi] == 1]] = True
 
     # rows of each unit, and the class counts inside it
     order = np.argsort(gi, kind="stable")
@@ -90,38 +108,103 @@ def fold_summary(y, folds: np.ndarray, k: int) -> dict:
     }
 
 
+def _column_groups(train: pd.DataFrame, group_col: str, data_dir: Path) -> np.ndarray:
+    if group_col not in train.columns:
+        raise DataError(f"{data_dir / 'train.parquet'}: column '{group_col}': folds.group_col "
+                        f"names a column the data does not have ({', '.join(train.columns)})")
+    values = train[group_col]
+    groups = (values.astype(str).str.lower().str.strip().where(values.notna())
+              if values.dtype == object or pd.api.types.is_string_dtype(values) else values)
+    return groups.to_numpy()
+
+
+def choose_grouping(dup_audit: dict, margin: float) -> tuple[bool, str]:
+    """`auto`: group by near-duplicate cluster when plain folds overstate near-duplicates."""
+    p_test, p_plain = dup_audit["p_test"], dup_audit["p_oof_plain"]
+    if p_plain - p_test > margin:
+        return True, (f"plain folds would give {p_plain:.1%} of validation rows a near-duplicate in "
+                      f"training, the test rows have one in train {p_test:.1%} of the time "
+                      f"(gap {p_plain - p_test:+.1%} > auto_margin {margin:.0%}): the test split "
+                      f"keeps near-duplicates apart, so folds keep clusters whole")
+    return False, (f"plain folds give {p_plain:.1%} of validation rows a near-duplicate in training, "
+                   f"the test rows {p_test:.1%} (gap {p_plain - p_test:+.1%} <= auto_margin {margin:.0%}): "
+                   f"near-duplicates cross the test split as often, so plain stratified folds")
+
+
 def make_folds(cfg: dict) -> Path:
-    """Write folds/folds.csv (product_id, fold) and folds/meta.json for the config's data."""
-    from .data import load_split
+    """Write folds/folds.csv (product_id, fold) and folds/meta.json (+ the near-duplicate audit)."""
+    from .data import load_data
+    from . import dups
 
     fcfg = cfg.get("folds", {})
-    k, seed, group_col = int(fcfg.get("k", 5)), int(fcfg.get("seed", 42)), fcfg.get("group_col")
+    k, seed = int(fcfg.get("k", 5)), int(fcfg.get("seed", 42))
+    group_col = fcfg.get("group_col", "auto")
+    margin = float(fcfg.get("auto_margin", 0.05))
     data_dir = Path(cfg["data_dir"])
-    need_text = bool(group_col) and group_col not in ("shop_id", "shop_title")
-    train = load_split(data_dir, "train", parse_text=need_text)
-    groups = None
-    if group_col:
-        if group_col not in train.columns:
-            raise DataError(f"{data_dir / 'train.parquet'}: column '{group_col}': folds.group_col "
-                            f"names a column the data does not have ({', '.join(train.columns)})")
-        values = train[group_col]
-        groups = (values.astype(str).str.lower().str.strip().where(values.notna())
-                  if values.dtype == object or pd.api.types.is_string_dtype(values) else values)
-        groups = groups.to_numpy()
-    folds = assign_folds(train[TARGET].to_numpy(), k, seed, groups)
-
+    train, test = load_data(data_dir, parse_text=True)
+    y = train[TARGET].to_numpy()
     out = Path(cfg["out_dir"]) / "folds"
     out.mkdir(parents=True, exist_ok=True)
+
+    found = dups.load_or_find(cfg, train, test)
+    plain = assign_folds(y, k, seed)
+    audit, cluster_train = {}, None
+    if found is not None:
+        frame, stats = found
+        cluster_train = frame["cluster"].to_numpy()[: len(train)]
+        cluster_test = frame["cluster"].to_numpy()[len(train):]
+        grouped = assign_folds(y, k, seed, cluster_train)
+        audit = {**dups.audit(cluster_train, cluster_test, {"plain": plain, "grouped": grouped}),
+                 "clusters": stats,
+                 "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
+
+    if group_col == "auto":
+        if found is None:
+            use_groups, why = False, "folds.dups is off, so `auto` cannot audit: plain stratified folds"
+        else:
+            use_groups, why = choose_grouping(audit, margin)
+        folds = grouped if use_groups else plain
+        policy = "grouped by near-duplicate cluster" if use_groups else "plain stratified"
+    elif group_col:
+        folds = assign_folds(y, k, seed, _column_groups(train, group_col, data_dir))
+        policy, why = f"grouped by column {group_col}", "set in the config (folds.group_col)"
+    else:
+        folds, policy, why = plain, "plain stratified", "set in the config (folds.group_col: null)"
+    if audit:
+        audit["p_oof_chosen"] = float(dups.has_dup_in_training(cluster_train, folds)[folds >= 0].mean())
+
     pd.DataFrame({ID: train[ID], "fold": folds}).to_csv(out / "folds.csv", index=False)
     summary = fold_summary(train[TARGET], folds, k)
     meta = {"data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir), "k": k,
-            "seed": seed, "group_col": group_col, **summary}
+            "seed": seed, "group_col": group_col, "policy": policy, "why": why, **summary,
+            "dup_audit": audit}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    log.info("folds: %d rows in %d folds %s; %d rows never validated (%d singleton classes, "
-             "no OOF prediction); %d classes have fewer than k rows",
+    log.info("folds: %d rows in %d folds %s; %d rows never validated (%d singleton classes, and "
+             "with groups classes of one group; no OOF prediction); %d classes have fewer than k rows",
              summary["rows"], k, summary["rows_per_fold"], summary["never_validated_rows"],
              summary["singleton_classes"], summary["classes_below_k"])
+    for line in audit_lines(meta):
+        print(line)
     return out / "folds.csv"
+
+
+def audit_lines(meta: dict) -> list[str]:
+    """The near-duplicate audit as Markdown lines (make folds prints them; report and eda show them)."""
+    a = meta.get("dup_audit") or {}
+    lines = [f"- folds: **{meta.get('policy', '?')}** ({meta.get('group_col')}): {meta.get('why', '')}"]
+    if not a:
+        return lines
+    c = a["clusters"]
+    lines += [f"- near-duplicates: {c['rows_in_clusters']} of {c['rows']} train+test rows in "
+              f"{c['clusters_2plus']} clusters of 2+ (largest {c['largest_cluster']}; "
+              f"{c['text_edges']} text + {c['image_edges']} image pairs)",
+              f"- test rows with a near-duplicate in train: p_test = {a['p_test']:.1%}; validation rows "
+              f"with one in their training folds: p_oof = {a['p_oof_plain']:.1%} plain, "
+              f"{a['p_oof_grouped']:.1%} grouped, {a.get('p_oof_chosen', float('nan')):.1%} in these folds"]
+    for big in a.get("largest", [])[:3]:
+        lines.append(f"  - cluster of {big['rows']} ({big['train']} train / {big['test']} test): "
+                     + " | ".join(big["titles"]))
+    return lines
 
 
 def load_folds(cfg: dict, train: pd.DataFrame) -> np.ndarray:

@@ -3,6 +3,10 @@
 Writes oof/report.md, oof/report.json and two plots: oof/heads.png (heads side by side, per
 fold) and oof/per_class_f1.png (per-class F1 against class size). Rows that were never validated
 (singleton classes, fold -1) have no OOF prediction: they are counted and excluded.
+
+With the folds stage's near-duplicate clusters (folds/dups.parquet) the report also splits each
+head's OOF F1 into rows with and without a near-duplicate in their training folds: how much of the
+score is recognising a listing seen in training, beside the audit (p_test, p_oof; folds/meta.json).
 """
 from __future__ import annotations
 
@@ -37,6 +41,37 @@ def load_oof(out_dir, name: str) -> dict:
 def available(out_dir) -> list[str]:
     root = Path(out_dir) / "oof"
     return sorted(p.name for p in root.glob("*") if (p / "oof.npy").is_file()) if root.is_dir() else []
+
+
+def _dup_split(cfg: dict, train_ids: np.ndarray, has: np.ndarray, y: np.ndarray, runs: dict):
+    """OOF weighted F1 per head on validated rows with / without a near-duplicate in training."""
+    from .data import ID
+    from .dups import has_dup_in_training, read_clusters
+    from .folds import audit_lines
+
+    folds_dir = Path(cfg["out_dir"]) / "folds"
+    clusters = read_clusters(cfg["out_dir"])
+    if clusters is None or not (folds_dir / "folds.csv").is_file():
+        return [], []
+    meta = json.loads((folds_dir / "meta.json").read_text()) if (folds_dir / "meta.json").is_file() else {}
+    cl = clusters.set_index(ID)["cluster"].reindex(train_ids)
+    folds = pd.read_csv(folds_dir / "folds.csv").set_index(ID)["fold"].reindex(train_ids)
+    if cl.isna().any() or folds.isna().any():
+        log.warning("report: folds/dups.parquet or folds.csv made for other data; no near-duplicate split")
+        return [], []
+    dup = has_dup_in_training(cl.to_numpy().astype(np.int64), folds.to_numpy().astype(np.int64))[has]
+    out, lines = [], ["", "## Near-duplicates (folds/meta.json, folds/dups.parquet)", ""]
+    lines += audit_lines(meta) + ["", f"| head | OOF weighted F1, rows with a near-duplicate in training "
+                                      f"({int(dup.sum())}) | without ({int((~dup).sum())}) |", "|---|---|---|"]
+    for n, r in runs.items():
+        pred = r["oof"][has].argmax(1)
+        f_with = scores(y[has][dup], pred[dup])["weighted_f1"] if dup.any() else float("nan")
+        f_without = scores(y[has][~dup], pred[~dup])["weighted_f1"] if (~dup).any() else float("nan")
+        out.append({"name": n, "with_dup": None if np.isnan(f_with) else round(f_with, 4),
+                    "without_dup": None if np.isnan(f_without) else round(f_without, 4),
+                    "rows_with_dup": int(dup.sum()), "rows_without_dup": int((~dup).sum())})
+        lines.append(f"| {n} | " + " | ".join("-" if np.isnan(v) else f"{v:.4f}" for v in (f_with, f_without)) + " |")
+    return out, lines
 
 
 def make_report(cfg: dict, names: list[str] | None = None) -> Path:
@@ -83,13 +118,16 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
 
     lines = [f"# OOF report: {cfg['data_dir']}", "",
              f"- {len(y)} train rows, {len(classes)} classes; **{never} rows never validated** "
-             f"(singleton classes, fold -1): no OOF prediction, excluded from every score below",
+             f"(singleton classes, and with grouped folds classes of one group; fold -1): no OOF "
+             f"prediction, excluded from every score below",
              f"- majority-class baseline on the same rows: weighted F1 {majority['weighted_f1']:.4f}, "
              f"accuracy {majority['accuracy']:.4f}", "",
              "| head | weighted F1 | macro F1 | accuracy | rows | weighted F1 per fold |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(f"| {r['name']} | {r['weighted_f1']:.4f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
                      f"{r['rows']} | {', '.join(f'{v:.4f}' for v in r['fold_weighted_f1'])} |")
+    dup_rows, dup_lines = _dup_split(cfg, ref["train_ids"], has, y, runs)
+    lines += dup_lines
     lines += ["", f"## 20 worst classes ({best})", "", "| category_id | train rows | validated rows | F1 |",
               "|---|---|---|---|"]
     lines += [f"| {r.category_id} | {r.train_rows} | {r.validated_rows} | {r.f1:.3f} |" for r in worst.itertuples()]
@@ -124,7 +162,8 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
 
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps({"never_validated_rows": never, "majority": majority,
-                                                 "heads": rows, "worst_classes": worst.to_dict("records")},
+                                                 "heads": rows, "near_duplicates": dup_rows,
+                                                 "worst_classes": worst.to_dict("records")},
                                                 indent=2, default=str))
     print("\n".join(lines[:8 + len(table)]))
     return out / "report.md"
