@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .config import n_cpus
 from .data import ID, fingerprint
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def text_edges(titles: list[str], descriptions: list[str], cfg: dict):
         max_df = max(50, int(float(cfg["candidate_max_df"]) * n))
         W = _tfidf([titles[r] for r in rows], "word", (1, 2), max_df=max_df)
         S = sp_matmul_topn(W, W.T, top_n=int(cfg["top_n"]), threshold=float(cfg["candidate_threshold"]),
-                           n_threads=_cores() if _cores() > 1 else None).tocoo()
+                           n_threads=n_cpus() if n_cpus() > 1 else None).tocoo()
         keep = S.row < S.col
         pairs.append(np.stack([rows[S.row[keep]], rows[S.col[keep]]], 1))
     cand = np.unique(np.concatenate(pairs).astype(np.int64), axis=0) if pairs else np.zeros((0, 2), np.int64)
@@ -118,12 +119,6 @@ def text_edges(titles: list[str], descriptions: list[str], cfg: dict):
         D = _tfidf(descs)
         ok[both] = _row_cosine(D, i[both], j[both]) >= float(cfg["description_threshold"]) - 1e-6
     return i[ok], j[ok], T
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _phash(path: str | None) -> int | None:
