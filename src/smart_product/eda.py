@@ -32,20 +32,13 @@ def _image_size(path) -> tuple[int, int]:
 
 def _dup_section(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, k: int) -> list[str]:
     """The folds stage's audit: what `folds.group_col: auto` would choose on this data, and why."""
-    from . import dups
-    from .folds import assign_folds, audit_lines, choose_grouping
+    from .folds import assign_folds, audit_lines, choose_grouping, near_duplicate_audit
 
-    found = dups.load_or_find(cfg, train, test)
-    if found is None:
-        return ["", "## Near-duplicate listings", "", "- off (folds.dups: false)"]
-    frame, stats = found
     fcfg = cfg.get("folds", {})
-    seed, y = int(fcfg.get("seed", 42)), train[TARGET].to_numpy()
-    cl_train, cl_test = frame["cluster"].to_numpy()[: len(train)], frame["cluster"].to_numpy()[len(train):]
-    plain = assign_folds(y, k, seed)
-    audit = {**dups.audit(cl_train, cl_test, {"plain": plain, "grouped": assign_folds(y, k, seed, cl_train)}),
-             "clusters": stats,
-             "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
+    audit, _, _ = near_duplicate_audit(cfg, train, test, assign_folds(train[TARGET].to_numpy(), k,
+                                                                      int(fcfg.get("seed", 42))))
+    if not audit:
+        return ["", "## Near-duplicate listings", "", "- off (folds.dups: false)"]
     grouped, why = choose_grouping(audit, float(fcfg.get("auto_margin", 0.05)))
     meta = {"policy": "grouped by near-duplicate cluster" if grouped else "plain stratified",
             "group_col": "auto", "why": why, "dup_audit": audit}

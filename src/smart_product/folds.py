@@ -131,6 +131,25 @@ def choose_grouping(dup_audit: dict, margin: float) -> tuple[bool, str]:
                    f"near-duplicates cross the test split as often, so plain stratified folds")
 
 
+def near_duplicate_audit(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, plain: np.ndarray):
+    """(audit, grouped folds, train clusters) from the cached clusters; ({}, None, None) when off."""
+    from . import dups
+
+    found = dups.load_or_find(cfg, train, test)
+    if found is None:
+        return {}, None, None
+    frame, stats = found
+    fcfg = cfg.get("folds", {})
+    cluster = frame["cluster"].to_numpy()
+    cluster_train, cluster_test = cluster[: len(train)], cluster[len(train):]
+    grouped = assign_folds(train[TARGET].to_numpy(), int(fcfg.get("k", 5)), int(fcfg.get("seed", 42)),
+                           cluster_train)
+    audit = {**dups.audit(cluster_train, cluster_test, {"plain": plain, "grouped": grouped}),
+             "clusters": stats,
+             "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
+    return audit, grouped, cluster_train
+
+
 def make_folds(cfg: dict) -> Path:
     """Write folds/folds.csv (product_id, fold) and folds/meta.json (+ the near-duplicate audit)."""
     from .data import load_data
@@ -146,20 +165,10 @@ def make_folds(cfg: dict) -> Path:
     out = Path(cfg["out_dir"]) / "folds"
     out.mkdir(parents=True, exist_ok=True)
 
-    found = dups.load_or_find(cfg, train, test)
     plain = assign_folds(y, k, seed)
-    audit, cluster_train = {}, None
-    if found is not None:
-        frame, stats = found
-        cluster_train = frame["cluster"].to_numpy()[: len(train)]
-        cluster_test = frame["cluster"].to_numpy()[len(train):]
-        grouped = assign_folds(y, k, seed, cluster_train)
-        audit = {**dups.audit(cluster_train, cluster_test, {"plain": plain, "grouped": grouped}),
-                 "clusters": stats,
-                 "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
-
+    audit, grouped, cluster_train = near_duplicate_audit(cfg, train, test, plain)
     if group_col == "auto":
-        if found is None:
+        if not audit:
             use_groups, why = False, "folds.dups is off, so `auto` cannot audit: plain stratified folds"
         else:
             use_groups, why = choose_grouping(audit, margin)
