@@ -15,7 +15,7 @@ ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub bench test clean
+.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub bench ablation test clean
 
 all: folds features train blend eda   ## the main job: data -> submission
 
@@ -62,6 +62,9 @@ validate-sub:                        ## SUB=file: every test id once, only train
 
 bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x]: pipeline + peer, timings -> OUT/bench/
 	$(RUN) bench $(ARGS)
+
+ablation:                            ## each component on / off from the OOF files -> OUT/bench/ablation.md (bench runs it)
+	$(RUN) ablation $(ARGS)
 
 test:                                ## the test suite
 	$(PY) -m pytest -q

@@ -23,6 +23,9 @@ def test_config_is_consistent(path):
             assert f in sets, (path.name, name, f)
             if h.get("test_from") == "full" and is_per_fold(sets[f]):
                 assert sets[f].get("full_fit"), f"{path.name}: {name} needs fold -1 of {f} (full_fit: true)"
+    pseudo = cfg.get("pseudo") or {}
+    for h in (pseudo.get("heads") or []) + (pseudo.get("sources") or []):
+        assert h in heads, (path.name, "pseudo", h)                      # a pseudo-label head that runs
 
 
 def test_overrides_and_bad_config(tmp_path):

@@ -197,6 +197,13 @@ def run_bench(cfg: dict) -> dict:
               "- heads: " + ", ".join(f"{k} {v}s" for k, v in res["head_seconds"].items()),
               f"- peak RSS: pipeline {res['peak_rss_gib']} GiB, with the peer {res['peak_rss_with_peer_gib']} GiB; "
               + (f"image embedding {res['image_embed_img_per_s']} img/s" if rates else "no image set embedded")]
+    if bcfg.get("ablation", True):  # each component on / off, from the same files
+        from .ablation import run_ablation
+
+        res["ablation"] = run_ablation(cfg)
+        (out / "results.json").write_text(json.dumps(res, indent=2))
+        lines += ["", "Ablation (OOF files held fixed; `bench/ablation.md`):", "",
+                  *(out / "ablation.md").read_text().splitlines()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return res

@@ -5,7 +5,8 @@
 Optuna searches the weights over rows that have an OOF prediction, by one of several
 procedures: maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` adds temperatures), minimise log loss (`optuna_logloss`, smoother,
 less prone to fitting noise), log loss with a temperature per head (`optuna_logloss_temperature`),
-or just take the best single head (`best_single`). Guard against fitting the OOF set: the folds
+or just take the best single head (`best_single`); `stack` replaces the weights with a level-2
+model over the heads' probabilities (stack.py; `blend.stack: false` turns it off). Guard against fitting the OOF set: the folds
 are split in two halves; each procedure chooses on one half and is scored on the other and vice
 versa (its *held-out* weighted F1, printed beside the best single head and the equal-weight mean).
 The procedure that wins out of sample is refit on all folds and applied to the test
@@ -29,7 +30,8 @@ import numpy as np
 
 from .data import ID, TARGET, DataError, load_split
 from .folds import load_folds
-from .heads import scores
+from .heads import head_names, scores
+from .heads.calibrate import class_prior, logit_adjusted
 from .report import available, load_oof
 from .submit import write_submission
 
@@ -98,10 +100,69 @@ def subsample(rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, max_rows, replace=False))
 
 
+TAUS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
+    """Logit adjustment of the chosen blend, P / prior^tau (the long-tail option at the blend
+    level; heads/calibrate.py), with each fold's prior from the other folds' rows. tau is chosen
+    like a procedure: on one half of the folds, scored on the other (both ways); it is applied
+    (tau chosen on all rows) only if that held-out score beats tau = 0. Returns {tau, ..., oof}."""
+    taus = sorted({0.0, *map(float, taus or [])})
+    if len(taus) == 1:
+        return {"tau": 0.0}
+    n_classes = P.shape[1]
+    priors = {k: class_prior(y[folds != k], n_classes) for k in np.unique(folds[has])}
+
+    def adjusted(rows, t):
+        out = np.empty((int(rows.sum()), n_classes), np.float32)
+        sel = folds[rows]
+        for k, prior in priors.items():
+            out[sel == k] = logit_adjusted(P[rows & (folds == k)], prior, t)
+        return out
+
+    def f1(rows, t):
+        return scores(y[rows], adjusted(rows, t).argmax(1))["weighted_f1"]
+
+    pred0 = np.zeros(len(y), np.int64)
+    pred1 = np.zeros(len(y), np.int64)
+    for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
+        best = max(taus, key=lambda t: f1(fit_rows, t))
+        pred0[score_rows] = P[score_rows].argmax(1)
+        pred1[score_rows] = adjusted(score_rows, best).argmax(1)
+    without, with_ = scores(y[has], pred0[has])["weighted_f1"], scores(y[has], pred1[has])["weighted_f1"]
+    out = {"tau": 0.0, "grid": taus, "held_out_without": without, "held_out_with": with_}
+    if with_ > without:
+        out["tau"] = max(taus, key=lambda t: f1(has, t))
+        if out["tau"]:
+            oof = P.copy()
+            oof[has] = adjusted(has, out["tau"])
+            out["oof"] = oof
+    return out
+
+
+def stacking(cfg, scfg, oofs, tests, y_all, folds, has, n_classes, seed):
+    """The `stack` procedure (stack.py): held out = a stacker fit on one half, predicting the
+    other; final = its cross-fit OOF (fold k from the other folds) + one fit on all rows for test."""
+    from .stack import Stacker, cross_fit, row_extra
+
+    params = {"seed": seed, **scfg}
+    extra, extra_test = row_extra(cfg)
+
+    def held_out(fit_rows, score_rows):
+        st = Stacker(**params).fit(oofs, y_all, n_classes, extra, rows=fit_rows)
+        return st.predict_proba(oofs, extra, rows=score_rows)
+
+    def final():
+        oof, test, info = cross_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test)
+        return np.nan_to_num(oof), test, {"stacker": {"params": params, **info}}
+    return held_out, final
+
+
 def run_blend(cfg: dict) -> dict:
     bcfg = cfg.get("blend") or {}
     name = bcfg.get("name", "blend")
-    enabled = [n for n, h in (cfg.get("heads") or {}).items() if (h or {}).get("enabled", True)]
+    enabled = head_names(cfg)  # enabled heads + their pseudo-label rounds
     heads = bcfg.get("heads") or [n for n in available(cfg["out_dir"]) if n in enabled]
     if not heads:
         raise DataError(f"{Path(cfg['out_dir']) / 'oof'}: no head predictions to blend (run `make train`)")
@@ -139,39 +200,58 @@ def run_blend(cfg: dict) -> dict:
         f1 = [scores(y_all[rows], p[rows].argmax(1))["weighted_f1"] for p in oofs]
         return {"weights": np.eye(len(heads))[int(np.argmax(f1))].tolist(), "temperatures": [1.0] * len(heads)}
 
+    def weighted(choose):
+        """A weight procedure: held out, fit on rows -> probabilities of other rows; final: on all."""
+        def held_out(fit_rows, score_rows):
+            w = choose(fit_rows)
+            return combine([p[score_rows] for p in oofs], w["weights"], w["temperatures"])
+
+        def final():
+            w = choose(has)
+            return (combine(oofs, w["weights"], w["temperatures"]), combine([r["test"] for r in runs], w["weights"],
+                                                                             w["temperatures"]), w)
+        return held_out, final
+
     # held-out check: each procedure chooses on one half of the folds and is scored on the other
     # half (both ways); the better procedure is refit on all folds. A blend that does not beat
     # the best single head out of sample is not used.
     k = int(cfg.get("folds", {}).get("k", 5))
     half_a = np.isin(folds, np.arange(k)[: k // 2]) & has
     half_b = np.isin(folds, np.arange(k)[k // 2:]) & has
-    procedures = {"optuna_f1": optuna("f1", temp), "optuna_logloss": optuna("logloss", False),
-                  "optuna_logloss_temperature": optuna("logloss", True), "best_single": best_single_weights}
+    procedures = {"optuna_f1": weighted(optuna("f1", temp)), "optuna_logloss": weighted(optuna("logloss", False)),
+                  "optuna_logloss_temperature": weighted(optuna("logloss", True)),
+                  "best_single": weighted(best_single_weights)}
+    scfg = bcfg.get("stack", {})
+    if scfg is not False and len(heads) > 1:
+        procedures["stack"] = stacking(cfg, dict(scfg or {}), oofs, [r["test"] for r in runs], y_all, folds, has,
+                                       len(classes), seed)
     if bcfg.get("procedures"):
         procedures = {k: v for k, v in procedures.items() if k in bcfg["procedures"]}
     held = {}
-    for proc, choose in procedures.items():
+    for proc, (held_out, _) in procedures.items():
         pred = np.zeros(len(y_all), np.int64)
         for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
-            w = choose(fit_rows)
-            pred[score_rows] = combine([p[score_rows] for p in oofs], w["weights"], w["temperatures"]).argmax(1)
+            pred[score_rows] = held_out(fit_rows, score_rows).argmax(1)
         held[proc] = scores(y_all[has], pred[has])
     single = {h: scores(y_all[has], p[has].argmax(1)) for h, p in zip(heads, oofs)}
     best_head = max(single, key=lambda h: single[h]["weighted_f1"])
     equal = scores(y_all[has], combine([p[has] for p in oofs], [1.0] * len(heads)).argmax(1))
 
-    # in order of held-out score, the first procedure whose refit on all folds is also no worse
-    # than the best single head on OOF (best_single always is): a blend must win both ways
+    # in order of held-out score, the first procedure whose refit on all folds (for the stacker:
+    # its cross-fit OOF) is also no worse than the best single head on OOF (best_single always
+    # is): a blend must win both ways
     for chosen in sorted(held, key=lambda k: -held[k]["weighted_f1"]):
-        final = procedures[chosen](has)
-        refit_f1 = scores(y_all[has], combine([p[has] for p in oofs], final["weights"], final["temperatures"]).argmax(1))
+        blend_oof, blend_test, final = procedures[chosen][1]()
+        refit_f1 = scores(y_all[has], blend_oof[has].argmax(1))
         if refit_f1["weighted_f1"] >= single[best_head]["weighted_f1"] or chosen == "best_single":
             break
         log.info("blend: %s wins held out but its refit (%.4f) is below the best single head (%.4f); next",
                  chosen, refit_f1["weighted_f1"], single[best_head]["weighted_f1"])
-    blend_oof = combine(oofs, final["weights"], final["temperatures"])
+    tau = prior_correction(blend_oof, y_all, folds, has, half_a, half_b, bcfg.get("logit_adjust", TAUS))
+    if tau["tau"]:
+        blend_oof, blend_test = tau.pop("oof"), logit_adjusted(blend_test, class_prior(y_all, len(classes)), tau["tau"])
+    tau.pop("oof", None)
     blend_oof[~has] = np.nan
-    blend_test = combine([r["test"] for r in runs], final["weights"], final["temperatures"])
     refit = scores(y_all[has], blend_oof[has].argmax(1))
 
     out = Path(cfg["out_dir"]) / "oof" / name
@@ -180,9 +260,10 @@ def run_blend(cfg: dict) -> dict:
                    ("train_ids", ref["train_ids"]), ("test_ids", ref["test_ids"])):
         np.save(out / f"{f}.npy", arr)
     summary = {
-        "heads": heads, "weights": dict(zip(heads, final["weights"])),
-        "temperatures": dict(zip(heads, final["temperatures"])), "trials": n_trials,
-        "chosen": chosen, "oof_refit": refit, "oof_held_out": held[chosen], "held_out": held,
+        "heads": heads, "weights": dict(zip(heads, final.get("weights") or [])),
+        "temperatures": dict(zip(heads, final.get("temperatures") or [])), "stacker": final.get("stacker"),
+        "trials": n_trials,
+        "chosen": chosen, "logit_adjust": tau, "oof_refit": refit, "oof_held_out": held[chosen], "held_out": held,
         "best_single_head": {"name": best_head, **single[best_head]},
         "equal_weight_mean": equal, "single_heads": single, "never_validated_rows": int((~has).sum()),
         "seconds": round(time.time() - t0, 2),
@@ -192,13 +273,20 @@ def run_blend(cfg: dict) -> dict:
     (out / "metrics.json").write_text(json.dumps({"head": name, "kind": "blend", "overall": refit,
                                                   "folds": per_fold, **summary}, indent=2))
     sub = write_submission(cfg["out_dir"], name, ref["test_ids"], classes[blend_test.argmax(1)], cfg["data_dir"])
-    lines = [f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
+    calib = [f"  {h:<16} {r['metrics']['overall']['logloss_raw']:.4f} -> {r['metrics']['overall']['logloss']:.4f}"
+             for h, r in zip(heads, runs) if "logloss_raw" in r["metrics"].get("overall", {})]
+    lines = (["OOF log loss of the calibrated heads, before -> after the in-fold temperature:"] + calib if calib else [])
+    lines += [f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
              f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
              f"  equal-weight mean            {equal['weighted_f1']:.4f}",
              "  held out (each procedure chooses on one half of the folds, scored on the other): "
              + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items()) + f" -> {chosen}",
-             f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   weights "
-             + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items()),
+             f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   "
+             + ("stacker over " + ", ".join(heads) if chosen == "stack" else
+                "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())),
+             f"  logit adjustment of the blend: tau {tau['tau']} (held out: {tau['held_out_without']:.4f} without, "
+             f"{tau['held_out_with']:.4f} with tau chosen on the other half)" if "held_out_with" in tau else
+             "  logit adjustment of the blend: off",
              f"  submission: {sub}"]
     print("\n".join(lines))
     return summary

@@ -104,6 +104,12 @@ def _validate_sub(cfg, args):
     print(f"{args.sub}: valid ({len(sub)} rows, every test id once, only train categories)")
 
 
+def _ablation(cfg, args):
+    from .ablation import run_ablation
+
+    run_ablation(cfg)
+
+
 def _bench(cfg, args):
     from .bench import run_bench
 
@@ -122,6 +128,7 @@ STAGES = {
     "blend": (_blend, "Optuna-weighted blend -> oof/blend/, submissions/blend.csv + .parquet"),
     "score": (_score, "local leaderboard: score --sub FILE against --solution FILE"),
     "validate-sub": (_validate_sub, "check a submission file against the data"),
+    "ablation": (_ablation, "each component on / off from the OOF files (no refit) -> {out}/bench/ablation.*"),
     "bench": (_bench, "whole pipeline + peer baseline on DATA; timings, RSS -> {out}/bench/results.*"),
 }
 

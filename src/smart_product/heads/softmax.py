@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .data import DataError
+from ..data import DataError
 
 log = logging.getLogger(__name__)
 LOSSES = ("softmax", "ovr", "squared_hinge")
@@ -85,8 +85,8 @@ class SoftmaxHead:
     def fit(self, blocks, y, n_classes):
         import torch
 
-        from .backbones import device
-        from .heads import BlockStacker
+        from ..backbones import device
+        from .common import BlockStacker
 
         dev = torch.device(self.device) if self.device else device()
         torch.manual_seed(self.seed)

@@ -1,0 +1,207 @@
+"""Stacking: a level-2 model over the heads' OOF probabilities, one of the blend's procedures.
+
+Scales to ~900 classes by scoring (row, candidate class) pairs with one small model shared by
+all classes, instead of one weight per head x class x class:
+
+- candidates: each row's `top` classes by the heads' mean probability (the true class is among
+  them for ~99% of rows; the log says how many);
+- pair features, per head: log P, log P minus the head's top log P, 1 / (1 + rank among the
+  candidates), top-1 flag; the class's log prior (from the level-2 training rows); log of the
+  heads' mean; each head's log P times each row meta-feature (has_image, log title length,
+  log description length, each head's confidence), so trust can depend on the row;
+- model: score = linear + one small ReLU layer over the standardised features, a softmax over
+  the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small).
+
+Fold discipline (DESIGN.md, one level up): the stacker that predicts fold k's rows is fit only
+on OOF rows of the other folds; the test rows are predicted by one stacker fit on all OOF rows,
+from the heads' test probabilities. A row outside the candidates gets probability 0.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+EPS = 1e-6
+
+
+def candidates(probs: list[np.ndarray], top: int) -> np.ndarray:
+    """n x top class indices: the classes with the highest mean probability over the heads."""
+    mean = sum(probs) / len(probs)
+    top = min(top, mean.shape[1])
+    return np.argpartition(-mean, top - 1, axis=1)[:, :top]
+
+
+def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """n x top x F float32 features of each (row, candidate class) pair."""
+    rows = np.arange(len(cand))[:, None]
+    feats, lps = [], []
+    for P in probs:
+        lp = np.log(np.clip(P[rows, cand], EPS, 1.0)).astype(np.float32)
+        top = np.log(np.clip(P.max(1), EPS, 1.0)).astype(np.float32)[:, None]
+        rank = np.argsort(np.argsort(-lp, 1, kind="stable"), 1, kind="stable")
+        feats += [lp, lp - top, 1.0 / (1.0 + rank), (rank == 0).astype(np.float32)]
+        lps.append(lp)
+    mean = sum(P[rows, cand] for P in probs) / len(probs)
+    feats += [np.log(np.clip(mean, EPS, 1.0)), log_prior[cand]]
+    for lp in lps:
+        feats += [lp * meta[:, [j]] for j in range(meta.shape[1])]
+    return np.stack(feats, -1).astype(np.float32)
+
+
+def row_meta(probs: list[np.ndarray], extra: np.ndarray | None) -> np.ndarray:
+    """Row features that interact with the heads' scores: the caller's (has_image, text lengths)
+    and each head's confidence (top probability)."""
+    conf = np.stack([P.max(1) for P in probs], 1).astype(np.float32)
+    return conf if extra is None else np.hstack([extra.astype(np.float32), conf])
+
+
+class Stacker:
+    def __init__(self, top: int = 20, hidden: int = 16, max_steps: int = 4000, lr: float = 0.01, batch_size: int = 1024,
+                 weight_decay: float = 1e-5, inner_frac: float = 0.1, patience: int = 8, seed: int = 0):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    def _net(self, n_feat):
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, f, h):
+                super().__init__()
+                self.linear = nn.Linear(f, 1)
+                self.mlp = nn.Sequential(nn.Linear(f, h), nn.ReLU(), nn.Linear(h, 1)) if h else None
+
+            def forward(self, x):  # x: batch x top x F -> batch x top
+                z = self.linear(x)
+                return (z + self.mlp(x) if self.mlp is not None else z).squeeze(-1)
+
+        torch.manual_seed(self.seed)
+        return Net(n_feat, self.hidden)
+
+    def fit(self, probs: list[np.ndarray], y: np.ndarray, n_classes: int, extra: np.ndarray | None = None,
+            rows: np.ndarray | None = None, chunk: int = 8192):
+        """Fit on `rows` (indices or a mask; default all) of probs / y / extra. Features are built
+        chunk by chunk from views of the heads' matrices: no copy of an n x classes matrix."""
+        import torch
+
+        t0 = time.time()
+        rows = np.arange(len(y)) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
+        cnt = np.bincount(y[rows], minlength=n_classes).astype(np.float64) + 1.0
+        self.log_prior = np.log(cnt / cnt.sum()).astype(np.float32)
+        meta = np.concatenate([row_meta([P[rows[s:s + chunk]] for P in probs],
+                                        None if extra is None else extra[rows[s:s + chunk]])
+                               for s in range(0, len(rows), chunk)])
+        self.meta_mean, self.meta_std = meta.mean(0), meta.std(0) + 1e-6
+        meta = (meta - self.meta_mean) / self.meta_std
+        parts, targets = [], []
+        for s in range(0, len(rows), chunk):
+            r = rows[s:s + chunk]
+            part = [P[r] for P in probs]
+            cand = candidates(part, self.top)
+            hit = cand == y[r][:, None]
+            keep = hit.any(1)
+            parts.append(pair_features([P[keep] for P in part], cand[keep], meta[s:s + chunk][keep], self.log_prior))
+            targets.append(hit[keep].argmax(1))
+        X = np.concatenate(parts)
+        del parts
+        self.recall = float(len(X) / max(len(rows), 1))
+        flat = X.reshape(-1, X.shape[-1])
+        self.mean, self.std = flat.mean(0), flat.std(0) + 1e-6
+        X -= self.mean
+        X /= self.std
+        Xt = torch.from_numpy(X)
+        target = torch.from_numpy(np.concatenate(targets))
+        self.net = self._net(X.shape[-1])
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # early stopping on an inner split of the level-2 training rows (never the rows it will
+        # predict): the right number of steps differs by 10x between 1,000 and 70,000 rows
+        rng = np.random.default_rng(self.seed)
+        is_val = rng.random(len(Xt)) < self.inner_frac
+        tr, va = torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(np.flatnonzero(is_val))
+        every = max(25, min(200, len(tr) // self.batch_size))
+        best, best_state, bad, step = np.inf, None, 0, 0
+        while step < self.max_steps and bad < self.patience:
+            perm = tr[torch.from_numpy(rng.permutation(len(tr)))]
+            for s in range(0, len(perm), self.batch_size):
+                self.net.train()
+                b = perm[s:s + self.batch_size]
+                loss = torch.nn.functional.cross_entropy(self.net(Xt[b]), target[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step % every == 0 and len(va):
+                    self.net.eval()
+                    with torch.no_grad():
+                        v = torch.nn.functional.cross_entropy(self.net(Xt[va]), target[va]).item()
+                    if v < best - 1e-4:
+                        best, bad = v, 0
+                        best_state = {k: t.clone() for k, t in self.net.state_dict().items()}
+                    else:
+                        bad += 1
+                if step >= self.max_steps or bad >= self.patience:
+                    break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.steps, self.inner_loss = step, best
+        self.seconds = round(time.time() - t0, 2)
+        return self
+
+    def predict_proba(self, probs: list[np.ndarray], extra: np.ndarray | None = None, rows: np.ndarray | None = None,
+                      batch: int = 8192) -> np.ndarray:
+        """Probabilities of `rows` (indices or a mask; default all), len(rows) x classes."""
+        import torch
+
+        n_classes = probs[0].shape[1]
+        rows = np.arange(len(probs[0])) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
+        out = np.zeros((len(rows), n_classes), np.float32)
+        self.net.eval()
+        for s in range(0, len(rows), batch):
+            r = rows[s:s + batch]
+            part = [P[r] for P in probs]
+            cand = candidates(part, self.top)
+            meta = (row_meta(part, None if extra is None else extra[r]) - self.meta_mean) / self.meta_std
+            X = (pair_features(part, cand, meta, self.log_prior) - self.mean) / self.std
+            with torch.no_grad():
+                p = torch.softmax(self.net(torch.from_numpy(X.astype(np.float32))), 1).numpy()
+            np.put_along_axis(out[s:s + batch], cand, p, 1)
+        return out
+
+
+def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None):
+    """OOF of the stacker (fold k's from a stacker fit on the other folds' OOF rows) and its test
+    probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
+    from tqdm import tqdm
+
+    oof = np.full((len(y), n_classes), np.nan, np.float32)
+    info, t0 = {"folds": []}, time.time()
+    ks = sorted(set(folds[has].tolist()))
+    for k in tqdm(ks, desc="stacker folds", mininterval=1):
+        fit_rows, val_rows = has & (folds != k), has & (folds == k)
+        st = Stacker(**params).fit(probs, y, n_classes, extra, rows=fit_rows)
+        oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows)
+        info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "seconds": st.seconds})
+    st = Stacker(**params).fit(probs, y, n_classes, extra, rows=has)
+    test = st.predict_proba(test_probs, extra_test)
+    info.update(candidate_recall=round(st.recall, 4), seconds=round(time.time() - t0, 1))
+    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit in %.0fs",
+             100 * st.recall, len(ks), info["seconds"])
+    return oof, test, info
+
+
+def row_extra(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Row meta-features of train and test: has_image, log(1 + title chars), log(1 + description chars)."""
+    from .data import load_split
+
+    out = []
+    for split in ("train", "test"):
+        df = load_split(cfg["data_dir"], split)
+        cols = [df["has_image"].to_numpy(np.float32)]
+        for c in ("title", "description"):
+            if c in df.columns:
+                cols.append(np.log1p(df[c].fillna("").astype(str).str.len().to_numpy(np.float32)))
+        out.append(np.stack(cols, 1))
+    return out[0], out[1]

@@ -1,0 +1,142 @@
+"""Stacking, pseudo-labels, calibration and the kNN head: fold discipline and real behaviour."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from smart_product.heads import KnnHead, scores
+from smart_product.heads.calibrate import fit_temperature, log_loss, logit_adjusted, tempered
+from smart_product.stack import Stacker, cross_fit
+
+
+def _synthetic_heads(n=1200, c=30, seed=0):
+    """Two noisy heads over a 30-class problem, one over-confident; folds 0..4."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    folds = rng.integers(0, 5, n)
+    probs = []
+    for noise, sharp in ((1.5, 1.0), (2.5, 4.0)):
+        z = rng.normal(0, noise, (n, c))
+        z[np.arange(n), y] += 2.0
+        e = np.exp(sharp * (z - z.max(1, keepdims=True)))
+        probs.append((e / e.sum(1, keepdims=True)).astype(np.float32))
+    return probs, y, folds, c
+
+
+def test_stacker_fold_k_predictions_ignore_fold_k_labels():
+    """Level-2 fold discipline: with the heads' OOF held fixed, permuting fold 2's labels leaves
+    the stacker's fold-2 predictions unchanged (its stacker is fit on the other folds only), and
+    the stacker beats both heads on its own OOF."""
+    probs, y, folds, c = _synthetic_heads(n=800)
+    has = np.ones(len(y), bool)
+    params = {"top": 15, "hidden": 8, "max_steps": 200, "batch_size": 256, "seed": 0}
+    test = [p[:50] for p in probs]
+    oof, _, info = cross_fit(probs, test, y, folds, has, c, params)
+    y2 = y.copy()
+    k2 = np.flatnonzero(folds == 2)
+    y2[k2] = np.random.default_rng(1).permutation(y[k2])
+    assert (y2 != y).any()
+    oof2, _, _ = cross_fit(probs, test, y2, folds, has, c, params)
+    assert np.array_equal(oof[folds == 2], oof2[folds == 2])
+    assert not np.array_equal(oof[folds == 0], oof2[folds == 0])      # other folds did learn from fold 2
+    f1 = scores(y, oof.argmax(1))["weighted_f1"]
+    assert f1 > max(scores(y, p.argmax(1))["weighted_f1"] for p in probs) + 0.01, f1
+    mean_top = np.argsort(-(probs[0] + probs[1]), 1)[:, :15]
+    assert info["candidate_recall"] == pytest.approx((mean_top == y[:, None]).any(1).mean(), abs=1e-3)
+    assert len(info["folds"]) == 5
+    assert np.allclose(oof.sum(1), 1, atol=1e-4)
+
+
+def test_stacker_scales_with_classes_not_weights_per_class():
+    """900 classes: the model's size does not depend on the class count."""
+    probs, y, _, c = _synthetic_heads(n=600, c=900)
+    st = Stacker(top=15, hidden=8, max_steps=50).fit(probs, y, c)
+    small = Stacker(top=15, hidden=8, max_steps=50).fit([p[:, :30] / p[:, :30].sum(1, keepdims=True) for p in probs],
+                                                      np.minimum(y, 29), 30)
+    n_params = sum(p.numel() for p in st.net.parameters())
+    assert n_params == sum(p.numel() for p in small.net.parameters()) < 2000
+    assert st.predict_proba(probs).shape == (600, 900)
+
+
+def test_temperature_lowers_log_loss_of_an_overconfident_head():
+    probs, y, _, _ = _synthetic_heads(n=4000)
+    P = probs[1]                                          # sharpened x4: over-confident
+    fit, held = slice(0, 2000), slice(2000, 4000)
+    T = fit_temperature(P[fit], y[fit])
+    assert T > 1.5                                        # it softens
+    assert log_loss(tempered(P[held], T), y[held]) < 0.8 * log_loss(P[held], y[held])
+    assert np.array_equal(tempered(P, T).argmax(1), P.argmax(1))   # confidence only, not decisions
+    assert np.allclose(tempered(tempered(P, T), 1 / T), P, atol=1e-4)  # undoable (the ablation does it)
+
+
+def test_logit_adjustment_moves_decisions_to_rare_classes():
+    P = np.array([[0.6, 0.4], [0.55, 0.45]], np.float32)
+    prior = np.array([0.9, 0.1])
+    assert (logit_adjusted(P, prior, 0.0) == P).all()
+    assert logit_adjusted(P, prior, 1.0).argmax(1).tolist() == [1, 1]
+
+
+def test_knn_head_retrieves_an_exact_duplicate_class():
+    rng = np.random.default_rng(0)
+    X = sparse.random(300, 2000, density=0.01, random_state=0, format="csr", dtype=np.float32)
+    y = rng.integers(0, 40, 300)
+    head = KnnHead(n_neighbors=10).fit([X], y, 40)
+    P = head.predict_proba([X[[5, 17, 250]]])             # exact copies of three training listings
+    assert P.argmax(1).tolist() == y[[5, 17, 250]].tolist()
+    assert (P.max(1) > 0.9).all()
+    dense = rng.normal(size=(300, 16)).astype(np.float32)  # the dense (embedding) path
+    hd = KnnHead(n_neighbors=10).fit([dense], y, 40)
+    assert hd.predict_proba([dense[[5, 17]]]).argmax(1).tolist() == y[[5, 17]].tolist()
+    empty = head.predict_proba([sparse.csr_matrix((1, 2000), dtype=np.float32)])   # no shared term: the prior
+    assert np.allclose(empty[0], np.bincount(y, minlength=40) / 300, atol=1e-6)
+
+
+CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}",
+         "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 200}, calibrate: true}}",
+         "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}"]
+
+
+def _train(data_dir, out, folds_csv=None):
+    from smart_product.config import load_config
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+    from smart_product.heads import train_heads
+
+    cfg = load_config(None, [f"out_dir={out}", *CHEAP], str(data_dir))
+    if folds_csv is None:
+        make_folds(cfg)
+    else:
+        (Path(out) / "folds").mkdir(parents=True, exist_ok=True)
+        shutil.copy(folds_csv, Path(out) / "folds" / "folds.csv")
+    make_features(cfg)
+    return cfg, train_heads(cfg)
+
+
+def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, copy_data, tmp_path):
+    """Permuting fold 1's labels (same folds, same label-free features) changes nothing in fold 1's
+    OOF predictions of either round: its models and its pseudo-labels come from folds != 1."""
+    cfg, metrics = _train(demo_dir, tmp_path / "a")
+    assert {"lr", "lr_pl1", "lr_pl2"} <= set(metrics)
+    m1 = metrics["lr_pl1"]
+    assert all(f["pseudo_rows"] > 0 for f in m1["folds"]) and m1["overall"]["weighted_f1"] > 0.5
+    assert all(f["pseudo_rows"] == 0 for f in metrics["lr"]["folds"])
+    assert "logloss_raw" in metrics["lr"]["overall"]
+    folds = pd.read_csv(tmp_path / "a" / "folds" / "folds.csv")
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    fold_of = folds.set_index("product_id").loc[train.product_id, "fold"].to_numpy()
+    k1 = np.flatnonzero(fold_of == 1)
+    permuted = train.copy()
+    permuted.loc[k1, "category_id"] = np.random.default_rng(0).permutation(train.category_id.to_numpy()[k1])
+    assert (permuted.category_id != train.category_id).sum() > 50
+    _train(copy_data(train=permuted), tmp_path / "b", tmp_path / "a" / "folds" / "folds.csv")
+    for head in ("lr", "lr_pl1", "lr_pl2"):
+        a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
+        b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
+        assert np.allclose(a[k1], b[k1], atol=1e-6), head
+        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-6)   # other folds saw fold 1
+    pl = json.loads((tmp_path / "a" / "oof" / "lr_pl1" / "metrics.json").read_text())
+    assert pl["head"] == "lr_pl1" and (tmp_path / "a" / "oof" / "lr_pl1" / "test_folds.npy").is_file()
