@@ -97,7 +97,9 @@ def head_key(cfg: dict, hcfg: dict, params: dict, extra=None) -> str:
 
 def _temperature(hcfg, params, seed, model, Xfit, yfit, n_true, n_classes, post):
     """Fold temperature from an inner split of the fold's training rows (the first n_true of Xfit
-    are train rows; pseudo-labelled rows after them always stay in the inner fit)."""
+    are train rows, pseudo-labelled test rows follow). A head with its own early-stopping split
+    (mlp, catboost) is calibrated on that split, which in a pseudo-label round may hold
+    pseudo-labelled rows too; otherwise pseudo-labelled rows always stay in the inner fit."""
     inner_val = getattr(model, "inner_val", None)
     if inner_val is not None and inner_val.any():  # the head's own early-stopping split
         P = post(model.predict_proba(_rows(Xfit, inner_val)))
