@@ -140,3 +140,11 @@ def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, copy_dat
         assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-6)   # other folds saw fold 1
     pl = json.loads((tmp_path / "a" / "oof" / "lr_pl1" / "metrics.json").read_text())
     assert pl["head"] == "lr_pl1" and (tmp_path / "a" / "oof" / "lr_pl1" / "test_folds.npy").is_file()
+
+
+def test_unknown_stacker_setting_is_a_config_error():
+    from smart_product.data import DataError
+    from smart_product.stack import make_stacker
+
+    with pytest.raises(DataError, match="config blend.stack"):
+        make_stacker({"topp": 10})

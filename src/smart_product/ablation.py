@@ -92,9 +92,13 @@ def run_ablation(cfg: dict) -> list[dict]:
         return row(label, combine([p for p, _ in pairs], w["weights"]), combine([t for _, t in pairs], w["weights"]),
                    heads, time.time() - t0)
 
+    extras = []  # the row meta-features, read once (a JSON parse of both splits)
+
     def stack(label, heads):
         t0 = time.time()
-        extra, extra_test = row_extra(cfg)
+        if not extras:
+            extras.extend(row_extra(cfg))
+        extra, extra_test = extras
         params = {"seed": seed, **(bcfg.get("stack") or {})}
         oof, test, _ = cross_fit([runs[h]["oof"] for h in heads], [runs[h]["test"] for h in heads], y, folds, has,
                                  len(classes), params, extra, extra_test)

@@ -144,13 +144,14 @@ def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
 def stacking(cfg, scfg, oofs, tests, y_all, folds, has, n_classes, seed):
     """The `stack` procedure (stack.py): held out = a stacker fit on one half, predicting the
     other; final = its cross-fit OOF (fold k from the other folds) + one fit on all rows for test."""
-    from .stack import Stacker, cross_fit, row_extra
+    from .stack import cross_fit, make_stacker, row_extra
 
     params = {"seed": seed, **scfg}
+    make_stacker(params)  # a bad config key fails here, before any fit
     extra, extra_test = row_extra(cfg)
 
     def held_out(fit_rows, score_rows):
-        st = Stacker(**params).fit(oofs, y_all, n_classes, extra, rows=fit_rows)
+        st = make_stacker(params).fit(oofs, y_all, n_classes, extra, rows=fit_rows)
         return st.predict_proba(oofs, extra, rows=score_rows)
 
     def final():

@@ -171,6 +171,16 @@ class Stacker:
         return out
 
 
+def make_stacker(params: dict) -> Stacker:
+    """A Stacker from config `blend.stack` params; an unknown key is a config error, not a traceback."""
+    from .data import DataError
+
+    try:
+        return Stacker(**params)
+    except TypeError as exc:
+        raise DataError(f"config blend.stack: {exc}") from None
+
+
 def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None):
     """OOF of the stacker (fold k's from a stacker fit on the other folds' OOF rows) and its test
     probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
@@ -181,10 +191,10 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
     ks = sorted(set(folds[has].tolist()))
     for k in tqdm(ks, desc="stacker folds", mininterval=1):
         fit_rows, val_rows = has & (folds != k), has & (folds == k)
-        st = Stacker(**params).fit(probs, y, n_classes, extra, rows=fit_rows)
+        st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows)
         oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows)
         info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "seconds": st.seconds})
-    st = Stacker(**params).fit(probs, y, n_classes, extra, rows=has)
+    st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has)
     test = st.predict_proba(test_probs, extra_test)
     info.update(candidate_recall=round(st.recall, 4), seconds=round(time.time() - t0, 1))
     log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit in %.0fs",
