@@ -1,6 +1,7 @@
 # smart-product: the pipeline as a DAG of stages. Each stage reads the files the one before wrote,
 # so any stage can be rerun alone (unchanged work is cached by content keys, not file times).
-# Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml, OUT=dir (outputs; default here).
+# Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml, OUT=dir (outputs; default here),
+# FOLD=k (features/train: one fold as its own job; a later plain `make train` assembles the folds).
 #
 #   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> oof/{head}/
 #        -> oof/blend/ + submissions/blend.{csv,parquet}          (eda -> reports/eda/ on the side)
@@ -11,11 +12,12 @@ DATA   ?=
 RUN     = $(PY) -m smart_product
 OUT    ?=
 ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(abspath $(OUT)))
+FOLDARG = $(if $(FOLD),--fold $(FOLD))
 # with no DATA the default data is the built-in demo set, made on first use
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub bench ablation test clean
+.PHONY: setup all demo-data validate folds eda features train tune report blend score validate-sub bench bench-images ablation test clean
 
 all: folds features train blend eda   ## the main job: data -> submission
 
@@ -39,11 +41,11 @@ folds: $(DATADEP)                    ## -> folds/folds.csv, folds/meta.json (+ n
 eda: $(DATADEP)                      ## -> reports/eda/eda.md, eda.png, images_broken.csv
 	$(RUN) eda $(ARGS)
 
-features: folds                      ## -> features/{set}/{train,test}.npy (+ fold{k}/ when fine-tuned)
-	$(RUN) features $(ARGS)
+features: folds                      ## -> features/{set}/{train,test}.npy (+ fold{k}/ when fine-tuned); FOLD=k|shared
+	$(RUN) features $(ARGS) $(FOLDARG)
 
-train: features                      ## -> oof/{head}/ (OOF + test probabilities), oof/report.md; HEAD=name, FORCE=1
-	$(RUN) train $(ARGS) $(if $(HEAD),--only $(HEAD)) $(if $(FORCE),--force)
+train: features                      ## -> oof/{head}/ (OOF + test probabilities), oof/report.md; HEAD=name, FORCE=1, FOLD=k
+	$(RUN) train $(ARGS) $(if $(HEAD),--only $(HEAD)) $(if $(FORCE),--force) $(FOLDARG)
 
 tune:                                ## HEAD=name [TRIALS=20]: Optuna -> oof/{head}/optuna.db, best_params.json
 	$(RUN) tune $(ARGS) --only $(HEAD) --trials $(or $(TRIALS),20)
@@ -62,6 +64,9 @@ validate-sub:                        ## SUB=file: every test id once, only train
 
 bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x]: pipeline + peer, timings -> OUT/bench/
 	$(RUN) bench $(ARGS)
+
+bench-images: $(DATADEP)             ## image set fine-tune + embed: per-image decoding vs decode-once cache -> OUT/bench/images.md
+	$(RUN) bench-images $(ARGS)
 
 ablation:                            ## each component on / off from the OOF files -> OUT/bench/ablation.md (bench runs it)
 	$(RUN) ablation $(ARGS)

@@ -120,8 +120,11 @@ def test_make_folds_auto_on_demo_groups_and_is_reproducible(demo_dir, make_cfg, 
     # cached clusters, identical folds for the same seed
     first = (out / "folds.csv").read_bytes()
     stamp = (out / "dups.json").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="smart_product.dups"):
-        make_folds(cfg)
+    with caplog.at_level(logging.INFO, logger="smart_product"):
+        make_folds(cfg)  # same config and data: the folds stage itself is cached
+        assert "folds: cached" in caplog.text
+        (out / "meta.json").unlink()
+        make_folds(cfg)  # recomputed folds, cached clusters
     assert "dups: cached" in caplog.text
     assert (out / "dups.json").stat().st_mtime_ns == stamp
     assert (out / "folds.csv").read_bytes() == first

@@ -93,6 +93,8 @@ def test_per_fold_finetuning_is_leak_free_and_resumes(demo_dir, make_cfg):
             assert trained_on == set(folds.product_id[folds.fold != k])
             meta = json.loads(open(sub + "/meta.json").read())
             hist = meta["finetune"]["history"]
+            if name == "img_ft":  # every fold read the decode-once cache, made once
+                assert meta["finetune"]["decode_once"] and (Path(root) / "_images" / "48" / "train.u8").is_file()
             assert hist[-1]["loss"] < hist[0]["loss"]  # it learned something
             mats.append(np.load(sub + "/train.npy"))
             assert mats[-1].shape[0] == len(tr_ids) and np.load(sub + "/test.npy").shape[0] == len(te_ids)

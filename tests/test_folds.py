@@ -75,7 +75,10 @@ def test_make_folds_writes_file_same_seed_identical(demo_dir, make_cfg, tmp_path
     assert list(df.columns) == ["product_id", "fold"]
     assert df.product_id.is_unique and set(df.product_id) == set(train.product_id)  # no product in two folds
     assert set(df.fold) == {-1, 0, 1, 2, 3, 4}
-    assert make_folds(cfg).read_bytes() == first
+    mtime = path.stat().st_mtime_ns
+    assert make_folds(cfg).stat().st_mtime_ns == mtime  # cached: not rewritten
+    (path.parent / "meta.json").unlink()
+    assert make_folds(cfg).read_bytes() == first  # recomputed: the same folds
     other = make_folds(make_cfg(demo_dir, "folds.seed=7"))
     assert other.read_bytes() != first
 

@@ -10,6 +10,10 @@ Names:
   `tiny-random-bert` (a 2-layer random BERT for tests). Mean pooling over the attention mask.
 
 CUDA is used when present: bf16 autocast, channels_last, large batches; CPU works with small models.
+Images come as paths (decoded per item) or as rows of the decode-once cache (images.py; the
+default in the features stage). Fine-tuning runs in DDP when launched by torchrun
+(`init_distributed`), takes LoRA adapters for text encoders (peft), and embedding can average
+over a flipped copy (flip TTA).
 """
 from __future__ import annotations
 
@@ -24,11 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .images import BatchAugment, CachedImageSet, CachedRows, has_path
+
 log = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its GPU (torchrun: the one of LOCAL_RANK, set in init_distributed), else CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def autocast(dev: torch.device):
@@ -145,13 +152,9 @@ def build_text_encoder(name: str, max_length: int = 128) -> TextEncoder:
 
 # ---------------------------------------------------------------- data
 
-def has_path(path) -> bool:
-    """False for a missing image path (None, or NaN as pandas stores it)."""
-    return path is not None and not (isinstance(path, float) and math.isnan(path))
-
-
 class ImageSet(Dataset):
-    """Images by path; a missing or unreadable image gives zeros and ok=False."""
+    """Images by path, decoded per item (`image_cache: false`); a missing or unreadable image
+    gives zeros and ok=False. The default reads the decode-once cache instead (images.py)."""
 
     def __init__(self, paths, transform, labels=None):
         self.paths, self.transform, self.labels = list(paths), transform, labels
@@ -211,14 +214,16 @@ class TextSet(Dataset):
 
 @dataclass
 class Loader:
-    """How to batch one modality: dataset factory + collate."""
+    """How to batch one modality. Images come as paths (decoded per item, PIL transforms) or as
+    CachedRows of the decode-once cache (batched memmap reads; augmentation later, on the device)."""
     encoder: nn.Module
     kind: str  # image | text
 
-    def dataset(self, items, labels=None, train=False):
+    def dataset(self, items, labels=None, train=False, augment=None):
+        if isinstance(items, CachedRows):
+            return CachedImageSet(items, labels, augment)
         if self.kind == "image":
-            e = self.encoder
-            return ImageSet(items, _Transform(e.size, train), labels)
+            return ImageSet(items, _Transform(self.encoder.size, train), labels)
         return TextSet(items, labels)
 
     def collate(self):
@@ -232,13 +237,31 @@ class Loader:
             return dict(enc), torch.tensor(ok), torch.tensor(y)
         return fn
 
-    def make(self, items, batch_size, labels=None, train=False, workers=None, sampler=None):
+    def make(self, items, batch_size, labels=None, train=False, workers=None, sampler=None, augment=None):
+        """A DataLoader; `sampler` (training: a DistributedSampler, also for one process) orders the rows.
+
+        Cached images: on a GPU up to 4 workers prefetch batches; on the CPU a worker only when it
+        has work to do beside the model (`augment`), else the main process reads the memmap."""
+        from torch.utils.data import BatchSampler, SequentialSampler
+
         dev = device()
-        workers = n_workers(workers) if self.kind == "image" else 0
-        return DataLoader(self.dataset(items, labels, train), batch_size=batch_size, shuffle=train and sampler is None,
-                          sampler=sampler, num_workers=workers, collate_fn=self.collate(),
-                          pin_memory=dev.type == "cuda", persistent_workers=False, drop_last=False,
-                          prefetch_factor=4 if workers else None)
+        cached = isinstance(items, CachedRows)
+        if self.kind != "image":
+            workers = 0
+        elif not cached:
+            workers = n_workers(workers)
+        elif dev.type == "cuda":
+            workers = min(4, n_workers(workers))
+        else:
+            workers = min(1, n_workers(workers)) if augment is not None else 0
+        ds = self.dataset(items, labels, train, augment)
+        common = dict(num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=False,
+                      prefetch_factor=4 if workers else None)
+        if cached:  # one memmap read per batch
+            order = sampler if sampler is not None else SequentialSampler(ds)
+            return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None, **common)
+        return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          collate_fn=self.collate(), drop_last=False, **common)
 
 
 def _to(x, dev):
@@ -256,20 +279,34 @@ def _prepare(encoder: nn.Module, dev):
 
 # ---------------------------------------------------------------- embed
 
-def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=None, desc="embed"):
-    """Pooled embeddings (float32, n x dim) and the ok mask (False: missing/corrupt image -> zeros)."""
+def _usable(kind: str, items) -> np.ndarray:
+    """Rows worth a model pass: every text; images with a path (paths) or a decoded image (cache)."""
+    if kind == "text":
+        return np.ones(len(items), bool)
+    if isinstance(items, CachedRows):
+        return items.ok.copy()
+    return np.array([has_path(p) for p in items], bool)
+
+
+def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=None, desc="embed", tta: bool = False):
+    """Pooled embeddings (float32, n x dim) and the ok mask (False: missing/corrupt image -> zeros).
+
+    `items`: texts, image paths or CachedRows (the decode-once cache). `tta` (images): the mean of
+    the embeddings of the image and of its mirror image (horizontal flip).
+    """
     dev = device()
     _prepare(encoder, dev).eval()
-    items = list(items)
+    if not isinstance(items, CachedRows):
+        items = list(items)
     n_all = len(items)
     if kind == "text":  # sort by length so batches pad little
         order = np.argsort([len(t) for t in items], kind="stable")
-    else:  # rows without an image path are never pushed through the model: their vectors stay zeros
-        order = np.flatnonzero([has_path(p) for p in items])
-    items = [items[i] for i in order]
+    else:  # rows without an image are never pushed through the model: their vectors stay zeros
+        order = np.flatnonzero(_usable(kind, items))
+    items = items[order] if isinstance(items, CachedRows) else [items[i] for i in order]
     out = np.zeros((n_all, encoder.dim), np.float32)
     ok_all = np.zeros(n_all, bool)
-    if not items:
+    if not len(items):
         log.info("%s: no %s to embed; all %d vectors are zeros", desc, kind, n_all)
         return out, ok_all, 0.0
     loader = Loader(encoder, kind).make(items, batch_size, workers=workers)
@@ -278,50 +315,149 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
     t0, i = time.time(), 0
     with torch.inference_mode(), autocast(dev):
         for x, ok, _ in tqdm(loader, desc=desc, mininterval=2, leave=False):
-            z = encoder(_to(x, dev)).float().cpu().numpy()
+            x = _to(x, dev)
+            z = encoder(x).float()
+            if tta and kind == "image":
+                z = (z + encoder(x.flip(-1)).float()) / 2
+            z = z.cpu().numpy()
             n = len(z)
             ok = ok.numpy().astype(bool)
             z[~ok] = 0.0
             done[i:i + n], ok_done[i:i + n] = z, ok
             i += n
     rate = len(items) / max(time.time() - t0, 1e-9)
-    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s)%s", desc, len(items), kind, time.time() - t0,
-             rate, "img" if kind == "image" else "text", batch_size, dev.type,
+    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s%s)%s", desc, len(items), kind, time.time() - t0,
+             rate, "img" if kind == "image" else "text", batch_size, dev.type, ", flip TTA" if tta else "",
              f"; {n_all - len(items)} rows without an image left at zeros" if n_all > len(items) else "")
     out[order], ok_all[order] = done, ok_done
     return out, ok_all, rate
 
 
+# ---------------------------------------------------------------- distributed (torchrun)
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs (one per
+    process, LOCAL_RANK), gloo on CPU. A plain run stays single-process. True when distributed."""
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # rank 0 may spend a long time on the label-free sets while the others wait at a barrier
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
+    return True
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1:
+        dist.barrier()
+
+
 # ---------------------------------------------------------------- fine-tune
+
+class Classifier(nn.Module):
+    """Encoder + linear class head as one module (what DDP wraps)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int):
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(encoder.dim, n_classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).float())
+
+
+def add_lora(encoder: nn.Module, lora: dict) -> nn.Module:
+    """Wrap a text encoder's transformer in LoRA adapters (peft); only the adapters train.
+
+    `lora`: {r: 8, alpha: 16, dropout: 0.05, target_modules: [query, value] (peft's default for
+    the architecture when absent)}. Undo with `merge_lora` (adapters folded into the weights)."""
+    from peft import LoraConfig, get_peft_model
+
+    if not isinstance(encoder, TextEncoder):
+        raise ValueError("finetune.lora: LoRA adapters are for text encoders (transformers models)")
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ValueError(f"finetune.lora: unknown keys {sorted(unknown)} (r, alpha, dropout, target_modules)")
+    cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+                     lora_dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("target_modules"))
+    encoder.model = get_peft_model(encoder.model, cfg)
+    return encoder
+
+
+def merge_lora(encoder: nn.Module) -> nn.Module:
+    from peft import PeftModel
+
+    if isinstance(getattr(encoder, "model", None), PeftModel):
+        encoder.model = encoder.model.merge_and_unload()
+    return encoder
+
 
 def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epochs: int = 3, lr: float = 1e-4,
              head_lr: float | None = None, batch_size: int = 32, weight_decay: float = 0.01,
              warmup: float = 0.1, label_smoothing: float = 0.1, class_weights: bool = False,
-             workers=None, seed: int = 0, desc="finetune") -> dict:
+             lora: dict | None = None, workers=None, seed: int = 0, desc="finetune") -> dict:
     """Train encoder + a linear class head on (items, labels); the encoder is updated in place.
 
-    AdamW, linear warm-up then cosine decay, label smoothing or class weights; image
-    augmentation (resized crop, flip, rotation) for images. Returns a small training log.
+    AdamW, linear warm-up then cosine decay, label smoothing or class weights. Images: resized
+    crop, flip and rotation, per image (PIL, paths) or on the batch tensor on the device
+    (CachedRows from the decode-once cache). `lora` (text): LoRA adapters through peft, merged
+    into the weights at the end. Under torchrun (init_distributed) the model is wrapped in DDP and
+    each process trains on its shard of every epoch; `batch_size` is the global batch. Returns a
+    small training log.
     """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data.distributed import DistributedSampler
+
     dev = device()
+    rank, world = dist_info()
     torch.manual_seed(seed)
     labels = np.asarray(labels)
-    _prepare(encoder, dev).train()
-    head = nn.Linear(encoder.dim, n_classes).to(dev)
-    keep = np.ones(len(labels), bool)
-    if kind == "image":  # rows without a usable image teach nothing
-        keep = np.array([has_path(p) for p in items])
-    items = [it for it, k in zip(items, keep) if k]
+    if lora:
+        add_lora(encoder, lora)
+    _prepare(encoder, dev)
+    model = Classifier(encoder, n_classes).to(dev).train()
+    keep = _usable(kind, items)  # rows without a usable image teach nothing
+    items = items[np.flatnonzero(keep)] if isinstance(items, CachedRows) else [it for it, k in zip(items, keep) if k]
     labels = labels[keep]
-    loader = Loader(encoder, kind).make(items, batch_size, labels=labels, train=True, workers=workers)
+    per_rank = max(1, math.ceil(batch_size / world))
+    loader_set = Loader(encoder, kind)
+    sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    augment = BatchAugment(encoder.size) if isinstance(items, CachedRows) else None
+    in_loader = augment is not None and dev.type == "cpu" and n_workers(workers) > 0  # beside the compute
+    loader = loader_set.make(items, per_rank, labels=labels, train=True, workers=workers, sampler=sampler,
+                             augment=augment if in_loader else None)
+    if in_loader:
+        augment = None
+    elif augment is not None:
+        augment = augment.to(dev)
     weight = None
     if class_weights:
         counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
         weight = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0), device=dev)
         weight = weight / weight[counts > 0].mean()
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-    opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr},
-                             {"params": head.parameters(), "lr": head_lr or lr * 10}], weight_decay=weight_decay)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": trainable, "lr": lr},
+                             {"params": model.head.parameters(), "lr": head_lr or lr * 10}], weight_decay=weight_decay)
+    net = model
+    if world > 1:
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total = max(1, epochs * len(loader))
     warm = int(total * warmup)
 
@@ -333,22 +469,30 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history, t0 = [], time.time()
     for epoch in range(epochs):
+        sampler.set_epoch(epoch)
         seen, loss_sum, correct = 0, 0.0, 0
-        for x, _, y in tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False):
-            y = y.to(dev)
+        for x, _, y in tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False,
+                            disable=rank > 0):
+            x, y = _to(x, dev), y.to(dev)
+            if augment is not None:
+                x = augment(x)
             with autocast(dev):
-                logits = head(encoder(_to(x, dev)).float())
+                logits = net(x)
             loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(head.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable + list(model.head.parameters()), 1.0)
             opt.step()
             sched.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
-        log.info("%s epoch %d: loss %.4f train acc %.3f (%.0fs)", desc, epoch + 1, history[-1]["loss"],
-                 history[-1]["train_acc"], time.time() - t0)
+        log.info("%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)", desc, epoch + 1, history[-1]["loss"],
+                 history[-1]["train_acc"], time.time() - t0, f", rank {rank} of {world}" if world > 1 else "")
+    merge_lora(encoder)
     encoder.eval()
-    return {"history": history, "rows": int(len(labels)), "seconds": time.time() - t0}
+    n_trainable = sum(p.numel() for p in trainable)
+    return {"history": history, "rows": int(len(labels)), "seconds": round(time.time() - t0, 2),
+            "world_size": world, "rows_per_rank": len(sampler), "trainable_params": int(n_trainable),
+            "lora": bool(lora), "decode_once": isinstance(items, CachedRows)}

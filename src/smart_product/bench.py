@@ -207,3 +207,100 @@ def run_bench(cfg: dict) -> dict:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return res
+
+
+def run_image_bench(cfg: dict) -> dict:
+    """`make bench-images`: one image set's fine-tuning + embedding, decoded per pass (from the
+    paths, PIL transforms in DataLoader workers) against the decode-once cache (decoded once,
+    timed; augmentation on the batch tensor), the same model, epochs and rows (an 80% sample of
+    train, like a fold's training rows). After an untimed warm-up the two paths run in the order
+    A B B A (`bench.images.repeats: 2`) and their mean seconds are reported, which cancels drift
+    on a shared machine. Also checks that the frozen embeddings are identical.
+    Config `bench.images: {set: image, epochs: 1, repeats: 2}`. Writes {out_dir}/bench/images.json, .md.
+    """
+    import shutil
+
+    import torch
+
+    from .backbones import device, embed, finetune
+    from .data import apply_image_status, check_images, fingerprint
+    from .features import _batch_size, _build, _items, feature_sets
+
+    bcfg = (cfg.get("bench") or {}).get("images") or {}
+    name, epochs, repeats = bcfg.get("set", "image"), int(bcfg.get("epochs", 1)), int(bcfg.get("repeats", 2))
+    sets = feature_sets(cfg)
+    if name not in sets or sets[name]["kind"] != "image":
+        raise DataError(f"bench.images.set: {name!r} is not an image set of the config ({sorted(sets)})")
+    opts = dict(sets[name])
+    ft = dict(opts.get("finetune") or {"epochs": epochs, "lr": 3e-4, "batch_size": 32}, epochs=epochs)
+    train, test = load_data(cfg["data_dir"])
+    train = apply_image_status(train, check_images(train), "train")
+    test = apply_image_status(test, check_images(test), "test")
+    classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
+    fit = np.flatnonzero(np.random.default_rng(0).random(len(train)) < 0.8)  # fold-like training rows
+    bs, workers = _batch_size(opts), opts.get("workers")
+    out = Path(cfg["out_dir"]) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    cache_root = out / "_images_bench"
+    data_fp = fingerprint(cfg["data_dir"])
+    res = {"set": name, "model": opts.get("model"), "image_size": opts.get("image_size"), "epochs": epochs,
+           "device": str(device()), "cpus": n_cpus(), "train_rows": len(train), "test_rows": len(test),
+           "fit_rows": len(fit), "order": [], "runs": []}
+    # warm-up (untimed): the model's kernels for inference and training
+    enc = _build(opts)
+    warm = [p for p in train["image_path"] if p is not None][:2 * bs]
+    embed(enc, "image", warm, bs, workers, desc="warm-up")
+    finetune(enc, "image", warm, y[:len(warm)], len(classes), epochs=1, batch_size=ft.get("batch_size", 32),
+             workers=workers, desc="warm-up")
+    frozen = {}
+    order = (["per_image", "decode_once", "decode_once", "per_image"] * repeats)[: 2 * repeats]
+    for path_kind in order:
+        use = {**opts, "image_cache": path_kind == "decode_once"}
+        shutil.rmtree(cache_root, ignore_errors=True)  # every decode-once run decodes (and is timed)
+        ctx = {"root": cache_root, "data_fp": data_fp}
+        times, t_all = {}, time.time()
+        enc = _build(use)
+        t0 = time.time()
+        items_tr = _items(train, use, "train", enc.size, ctx)
+        items_te = _items(test, use, "test", enc.size, ctx)
+        times["decode"] = round(time.time() - t0, 2)
+        t0 = time.time()
+        Xf, _, _ = embed(enc, "image", items_tr, bs, workers, desc=f"{path_kind} frozen")
+        times["frozen_embed_train"] = round(time.time() - t0, 2)
+        frozen.setdefault(path_kind, Xf)
+        fit_items = items_tr[fit] if not isinstance(items_tr, list) else [items_tr[i] for i in fit]
+        t0 = time.time()
+        log_ = finetune(enc, "image", fit_items, y[fit], len(classes), workers=workers, desc=f"{path_kind} finetune",
+                        **ft)
+        times["finetune"] = round(time.time() - t0, 2)
+        t0 = time.time()
+        embed(enc, "image", items_tr, bs, workers, desc=f"{path_kind} embed train")
+        embed(enc, "image", items_te, bs, workers, desc=f"{path_kind} embed test")
+        times["embed_train_test"] = round(time.time() - t0, 2)
+        times["total"] = round(time.time() - t_all, 2)
+        times["train_acc_last_epoch"] = round(log_["history"][-1]["train_acc"], 4)
+        res["order"].append(path_kind)
+        res["runs"].append(times)
+        log.info("bench-images %s: %s", path_kind, times)
+    shutil.rmtree(cache_root, ignore_errors=True)
+    keys = ["decode", "frozen_embed_train", "finetune", "embed_train_test", "total", "train_acc_last_epoch"]
+    for path_kind in ("per_image", "decode_once"):
+        runs = [r for p, r in zip(res["order"], res["runs"]) if p == path_kind]
+        res[path_kind] = {k: round(float(np.mean([r[k] for r in runs])), 2 if k != "train_acc_last_epoch" else 4)
+                          for k in keys}
+    res["frozen_identical"] = bool(np.array_equal(frozen["per_image"], frozen["decode_once"]))
+    res["frozen_max_abs_diff"] = float(np.abs(frozen["per_image"] - frozen["decode_once"]).max())
+    res["speedup"] = round(res["per_image"]["total"] / res["decode_once"]["total"], 3)
+    res["torch_threads"] = torch.get_num_threads()
+    (out / "images.json").write_text(json.dumps(res, indent=2))
+    md = [f"# Image path: decoded per pass vs decode-once ({res['set']}: {res['model']} at {enc.size} px, "
+          f"{epochs} epoch(s), {res['device']}, {res['cpus']} CPUs)", "",
+          f"{res['train_rows']} train + {res['test_rows']} test rows; fine-tuned on {res['fit_rows']}. "
+          f"Mean of {repeats} runs per path, order {' '.join(res['order'])}.", "",
+          "| seconds | per image (today) | decode once |", "|---|---|---|"]
+    md += [f"| {k} | {res['per_image'][k]} | {res['decode_once'][k]} |" for k in keys]
+    md += ["", f"Speed-up (total): {res['speedup']}x. Frozen embeddings identical: {res['frozen_identical']} "
+               f"(max |diff| {res['frozen_max_abs_diff']:.2e})."]
+    (out / "images.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return res

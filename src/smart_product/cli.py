@@ -46,9 +46,11 @@ def _eda(cfg, args):
 
 
 def _features(cfg, args):
+    from .backbones import init_distributed
     from .features import make_features
 
-    make_features(cfg, args.only)
+    init_distributed()  # torchrun: DDP fine-tuning; a plain run stays one process
+    make_features(cfg, args.only, fold=args.fold)
 
 
 def _train(cfg, args):
@@ -57,7 +59,9 @@ def _train(cfg, args):
 
     from .tracking import log_run
 
-    metrics = train_heads(cfg, args.only, force=args.force)
+    metrics = train_heads(cfg, args.only, force=args.force, fold=args.fold)
+    if args.fold is not None:  # one fold's files; the report waits for the assembling run
+        return
     report = make_report(cfg)
     log_run(cfg, metrics, report.parent)
 
@@ -116,6 +120,12 @@ def _bench(cfg, args):
     run_bench(cfg)
 
 
+def _bench_images(cfg, args):
+    from .bench import run_image_bench
+
+    run_image_bench(cfg)
+
+
 STAGES = {
     "demo-data": (_demo_data, "write the built-in demo data set (competition layout)"),
     "validate": (_validate, "check the data directory and every image; print counts"),
@@ -130,6 +140,8 @@ STAGES = {
     "validate-sub": (_validate_sub, "check a submission file against the data"),
     "ablation": (_ablation, "each component on / off from the OOF files (no refit) -> {out}/bench/ablation.*"),
     "bench": (_bench, "whole pipeline + peer baseline on DATA; timings, RSS -> {out}/bench/results.*"),
+    "bench-images": (_bench_images, "image fine-tuning + embedding, per-image decoding vs decode-once -> "
+                                    "{out}/bench/images.*"),
 }
 
 
@@ -145,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sub", help="score/validate-sub: submission file (.csv or .parquet)")
     parser.add_argument("--solution", help="score: solution file (product_id, category_id)")
     parser.add_argument("--force", action="store_true", help="train: refit heads even if cached")
+    parser.add_argument("--fold", help="features/train: one fold as its own job (k, -1 = full fit; features "
+                                       "also 'shared' = the label-free sets); a run without it assembles")
     parser.add_argument("--trials", type=int, default=20, help="tune: total number of trials")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_intermixed_args(argv)

@@ -342,6 +342,9 @@ def fingerprint(data_dir: str | Path) -> str:
     """Identity of a data directory for caches: a hash of the two split files' bytes."""
     h = hashlib.sha1()
     for name in ("train.parquet", "test.parquet"):
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing file (DATA must hold train.parquet and test.parquet)")
         h.update(name.encode())
-        h.update((Path(data_dir) / name).read_bytes())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]

@@ -14,8 +14,14 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
             attributes + dict text) or `title`.
 image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
 backbone is fine-tuned on the rows of the other folds, then embeds every train and test row ->
-features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on).
-Everything else is computed once -> features/{set}/train.npy, test.npy.
+features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on) and,
+with `save_weights: true`, encoder.pt (load_finetuned). Everything else is computed once ->
+features/{set}/train.npy, test.npy.
+
+Image sets read the decode-once cache features/_images/{size}/ (images.py; `image_cache: false`
+decodes per pass instead), `tta: flip` averages each embedding with its mirror image's, and
+`finetune.lora: {r, alpha, ...}` trains LoRA adapters (peft) of a text encoder. Folds as jobs:
+`make features FOLD=k` computes fold k of the per-fold sets; under torchrun the fine-tuning is DDP.
 
 Cache: each finished set (or fold) has a meta.json holding a key = hash(set config, data
 fingerprint[, folds]); a rerun with the same key does nothing, a killed run redoes only the
@@ -207,16 +213,39 @@ CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "n
 # ---------------------------------------------------------------- backbone sets
 
 def _build(opts: dict):
+    """The set's backbone; the torch seed is set first so randomly initialised weights (tests,
+    `weights: random`) are the same in every process and fold job."""
+    import torch
+
     from .backbones import build_image_encoder, build_text_encoder
 
+    torch.manual_seed(int((opts.get("finetune") or {}).get("seed", 0)))
     if opts["kind"] == "image":
         return build_image_encoder(opts["model"], opts.get("weights", "hub"), opts.get("image_size"),
                                    opts.get("mean"), opts.get("std"))
     return build_text_encoder(opts["model"], int(opts.get("max_length", 128)))
 
 
-def _items(frame: pd.DataFrame, opts: dict):
-    return frame["image_path"].tolist() if opts["kind"] == "image" else text_view(frame, opts.get("view", "all"))
+def _items(frame: pd.DataFrame, opts: dict, split: str = "train", size: int | None = None, ctx: dict | None = None,
+           sync: bool = False):
+    """What the backbone reads: texts (the set's view), or images: rows of the decode-once cache
+    (default; `image_cache: false` decodes each image per pass instead, from its path).
+    `sync` (every torchrun process calls it): rank 0 decodes, the others open the finished cache."""
+    if opts["kind"] != "image":
+        return text_view(frame, opts.get("view", "all"))
+    paths = frame["image_path"].tolist()
+    if not opts.get("image_cache", True) or ctx is None:
+        return paths
+    from .backbones import barrier, dist_info
+    from .images import image_cache
+
+    args = dict(root=ctx["root"], split=split, paths=paths, size=size, data_fp=ctx["data_fp"],
+                draft=bool(opts.get("draft", True)), workers=opts.get("workers"))
+    if sync and dist_info()[1] > 1:
+        if dist_info()[0] == 0:
+            image_cache(**args)
+        barrier()
+    return image_cache(**args).rows()
 
 
 def _batch_size(opts: dict) -> int:
@@ -225,31 +254,62 @@ def _batch_size(opts: dict) -> int:
     return int(opts.get("gpu_batch_size", 256) if device().type == "cuda" else opts.get("batch_size", 32))
 
 
-def frozen_embed(train, test, opts: dict):
+def _embed_both(enc, train, test, opts, ctx, desc):
     from .backbones import embed
 
+    bs, tta = _batch_size(opts), opts.get("tta") == "flip"
+    if opts.get("tta") not in (None, False, "flip"):
+        raise DataError(f"config features.sets.{opts['name']}.tta: 'flip' or absent, not {opts['tta']!r}")
+    size = getattr(enc, "size", None)
+    Xtr, _, rate = embed(enc, opts["kind"], _items(train, opts, "train", size, ctx), bs, opts.get("workers"),
+                         desc=f"{desc} train", tta=tta)
+    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts, "test", size, ctx), bs, opts.get("workers"),
+                      desc=f"{desc} test", tta=tta)
+    return Xtr, Xte, rate
+
+
+def frozen_embed(train, test, opts: dict, ctx: dict | None = None):
     enc = _build(opts)
-    bs = _batch_size(opts)
-    Xtr, _, rate = embed(enc, opts["kind"], _items(train, opts), bs, opts.get("workers"), desc=f"{opts['name']} train")
-    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts), bs, opts.get("workers"), desc=f"{opts['name']} test")
-    return Xtr, Xte, {"rate_per_s": rate}
+    Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, opts["name"])
+    return Xtr, Xte, {"rate_per_s": rate, "decode_once": opts["kind"] == "image" and ctx is not None
+                      and opts.get("image_cache", True), "tta": opts.get("tta")}
 
 
-def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int):
-    """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test."""
-    from .backbones import embed, finetune
+def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: dict | None = None):
+    """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test.
+
+    Under torchrun every process trains (DDP) and rank 0 alone embeds; the others return None."""
+    from .backbones import dist_info, finetune
 
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     enc = _build(opts)
-    items = _items(train, opts)
+    items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
+    rows = np.flatnonzero(fit)
+    fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
     ft = dict(opts["finetune"])
-    log_ = finetune(enc, opts["kind"], [items[i] for i in np.flatnonzero(fit)], y[fit], len(classes),
-                    workers=opts.get("workers"), desc=f"{opts['name']} fold{k}", **ft)
-    bs = _batch_size(opts)
-    Xtr, _, rate = embed(enc, opts["kind"], items, bs, opts.get("workers"), desc=f"{opts['name']} fold{k} train")
-    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts), bs, opts.get("workers"), desc=f"{opts['name']} fold{k} test")
-    return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate}
+    log_ = finetune(enc, opts["kind"], fit_items, y[fit], len(classes), workers=opts.get("workers"),
+                    desc=f"{opts['name']} fold{k}", **ft)
+    if dist_info()[0] > 0:
+        return None
+    Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}")
+    return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate, "tta": opts.get("tta")}, enc
+
+
+def load_finetuned(cfg: dict, name: str, fold: int):
+    """The backbone fine-tuned for fold `fold` of set `name` (saved with `save_weights: true`),
+    built from the set's config and ready for `backbones.embed` in a single process."""
+    import torch
+
+    sets = feature_sets(cfg)
+    if name not in sets or not is_per_fold(sets[name]):
+        raise DataError(f"features.sets.{name}: not a fine-tuned (per-fold) set")
+    path = Path(cfg["out_dir"]) / "features" / name / f"fold{fold}" / "encoder.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (set `save_weights: true` on features.sets.{name} and rerun)")
+    enc = _build(sets[name])
+    enc.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return enc.eval()
 
 
 # ---------------------------------------------------------------- stage
@@ -303,10 +363,44 @@ def is_per_fold(opts: dict) -> bool:
     return opts["kind"] in BACKBONE and bool(opts.get("finetune"))
 
 
-def make_features(cfg: dict, only: list[str] | None = None) -> dict:
-    """Compute every enabled feature set (or `only` these) not already cached; returns {set: seconds}."""
+def parse_fold(fold) -> int | str | None:
+    """`--fold` / FOLD=: None (everything), an int k (>= -1) or "shared" (label-free sets only)."""
+    if fold is None or fold == "":
+        return None
+    if str(fold) == "shared":
+        return "shared"
+    try:
+        k = int(fold)
+    except ValueError:
+        raise DataError(f"FOLD={fold!r}: a fold number (0..K-1, -1 = the full fit) or 'shared'") from None
+    if k < -1:
+        raise DataError(f"FOLD={k}: a fold number (0..K-1, -1 = the full fit) or 'shared'")
+    return k
+
+
+def _np_save_atomic(path: Path, arr) -> None:
+    """Concurrent FOLD=k jobs write the same id files: write aside, then rename."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
+    """Compute every enabled feature set (or `only` these) not already cached; returns {set: seconds}.
+
+    `fold` (FOLD=k, folds as jobs): per-fold (fine-tuned) sets compute only their fold k, into the
+    same fold{k}/ folder a full run writes; label-free sets are computed if missing. `fold="shared"`:
+    only the label-free sets (run it once before launching FOLD=k jobs in parallel).
+    Under torchrun (WORLD_SIZE > 1) rank 0 computes the label-free sets and writes every file; all
+    processes fine-tune the per-fold sets together (DDP).
+    """
+    from .backbones import barrier, dist_info
     from .folds import load_folds
 
+    fold = parse_fold(fold)
+    rank, world = dist_info()
     root = Path(cfg["out_dir"]) / "features"
     sets = feature_sets(cfg)
     if only:
@@ -315,12 +409,17 @@ def make_features(cfg: dict, only: list[str] | None = None) -> dict:
             raise DataError(f"features: no set named {sorted(unknown)} in the config ({sorted(sets)})")
         sets = {k: v for k, v in sets.items() if k in only}
     data_fp = fingerprint(cfg["data_dir"])
+    ctx = {"root": root, "data_fp": data_fp}
     train = test = None
     timings = {}
     for name, opts in sets.items():
         folder = root / name
         base_key = config_hash({"set": opts, "data": data_fp})
         per_fold = is_per_fold(opts)
+        if per_fold and fold == "shared":
+            continue
+        if not per_fold and rank > 0:  # torchrun: label-free sets are rank 0's
+            continue
         if per_fold:
             folds_path = Path(cfg["out_dir"]) / "folds" / "folds.csv"
             if not folds_path.is_file():
@@ -328,6 +427,11 @@ def make_features(cfg: dict, only: list[str] | None = None) -> dict:
             fold_key = config_hash({"base": base_key, "folds": folds_path.read_text()})
             ks = sorted(set(range(int(cfg.get("folds", {}).get("k", 5)))) |
                         ({-1} if opts.get("full_fit") else set()))
+            if isinstance(fold, int):
+                if fold not in ks:
+                    log.info("features/%s: no fold %d (folds %s)", name, fold, ks)
+                    continue
+                ks = [fold]
             todo = [k for k in ks if not _done(folder / f"fold{k}" / "meta.json", fold_key)]
         else:
             todo = [] if _done(folder / "meta.json", base_key) else [None]
@@ -335,40 +439,52 @@ def make_features(cfg: dict, only: list[str] | None = None) -> dict:
             log.info("features/%s: cached, skipped (%s)", name, json.loads((folder / "meta.json").read_text())["skipped"])
             continue
         if not todo:
-            log.info("features/%s: cached, nothing to do", name)
+            log.info("features/%s: cached, nothing to do%s", name, f" for fold {fold}" if isinstance(fold, int) else "")
             continue
         if train is None:
             train, test = _load_for_features(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "meta.json").unlink(missing_ok=True)  # a per-fold set's old skip marker
         reason = absent_modality(train, test, opts)
+        if rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not reason:
+                (folder / "meta.json").unlink(missing_ok=True)  # a per-fold set's old skip marker
+                _np_save_atomic(folder / "train_ids.npy", train[ID].to_numpy())
+                _np_save_atomic(folder / "test_ids.npy", test[ID].to_numpy())
         if reason:  # nothing to embed: no matrices, heads that list this set run without it
             log.warning("features/%s: skipped, %s", name, reason)
-            (folder / "meta.json").write_text(json.dumps({"key": base_key, "set": opts, "skipped": reason,
-                                                          "data_fingerprint": data_fp}, indent=2, default=str))
+            if rank == 0:
+                (folder / "meta.json").write_text(json.dumps({"key": base_key, "set": opts, "skipped": reason,
+                                                              "data_fingerprint": data_fp}, indent=2, default=str))
             timings[name] = 0.0
             continue
-        np.save(folder / "train_ids.npy", train[ID].to_numpy())
-        np.save(folder / "test_ids.npy", test[ID].to_numpy())
         t0 = time.time()
         if not per_fold:
             if opts["kind"] in CHEAP:
                 Xtr, Xte, cols = CHEAP_FN[opts["kind"]](train, test, opts)
                 extra = {"columns": cols[:50] + (["..."] if len(cols) > 50 else [])}
             else:
-                Xtr, Xte, extra = frozen_embed(train, test, opts)
+                Xtr, Xte, extra = frozen_embed(train, test, opts, ctx)
             _save(folder, Xtr, Xte, {"key": base_key, "set": opts, "data_fingerprint": data_fp,
                                      "dim": int(Xtr.shape[1]), "seconds": round(time.time() - t0, 2), **extra})
         else:
             fold_of_row = load_folds(cfg, train)
             for k in todo:
                 tk = time.time()
-                Xtr, Xte, fit_ids, extra = finetuned_embed(train, test, opts, fold_of_row, k)
-                sub = folder / f"fold{k}"
-                sub.mkdir(parents=True, exist_ok=True)
-                np.save(sub / "trained_on.npy", fit_ids)
-                _save(sub, Xtr, Xte, {"key": fold_key, "set": opts, "fold": k, "data_fingerprint": data_fp,
-                                      "dim": int(Xtr.shape[1]), "seconds": round(time.time() - tk, 2), **extra})
+                done = finetuned_embed(train, test, opts, fold_of_row, k, ctx)
+                if done is not None:  # rank 0 (or a single process) writes
+                    Xtr, Xte, fit_ids, extra, enc = done
+                    sub = folder / f"fold{k}"
+                    sub.mkdir(parents=True, exist_ok=True)
+                    (sub / "meta.json").unlink(missing_ok=True)
+                    np.save(sub / "trained_on.npy", fit_ids)
+                    if opts.get("save_weights"):
+                        import torch
+
+                        torch.save(enc.state_dict(), sub / "encoder.pt")
+                    _save(sub, Xtr, Xte, {"key": fold_key, "set": opts, "fold": k, "data_fingerprint": data_fp,
+                                          "dim": int(Xtr.shape[1]), "seconds": round(time.time() - tk, 2),
+                                          "world_size": world, **extra})
+                barrier()
         timings[name] = round(time.time() - t0, 2)
         log.info("features/%s: done in %.1fs", name, timings[name])
     return timings

@@ -155,14 +155,29 @@ def make_folds(cfg: dict) -> Path:
     from .data import load_data
     from . import dups
 
+    import os
+
+    from .config import config_hash
+
     fcfg = cfg.get("folds", {})
     k, seed = int(fcfg.get("k", 5)), int(fcfg.get("seed", 42))
     group_col = fcfg.get("group_col", "auto")
     margin = float(fcfg.get("auto_margin", 0.05))
     data_dir = Path(cfg["data_dir"])
+    out = Path(cfg["out_dir"]) / "folds"
+    key = config_hash({"folds": fcfg, "data": fingerprint(data_dir)})
+    if (out / "folds.csv").is_file() and (out / "meta.json").is_file():  # cached: FOLD=k jobs all pass here
+        try:
+            old = json.loads((out / "meta.json").read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("key") == key:
+            log.info("folds: cached (same folds config and data), %s", out / "folds.csv")
+            for line in audit_lines(old):
+                print(line)
+            return out / "folds.csv"
     train, test = load_data(data_dir, parse_text=True)
     y = train[TARGET].to_numpy()
-    out = Path(cfg["out_dir"]) / "folds"
     out.mkdir(parents=True, exist_ok=True)
 
     plain = assign_folds(y, k, seed)
@@ -182,12 +197,16 @@ def make_folds(cfg: dict) -> Path:
     if audit:
         audit["p_oof_chosen"] = float(dups.has_dup_in_training(cluster_train, folds)[folds >= 0].mean())
 
-    pd.DataFrame({ID: train[ID], "fold": folds}).to_csv(out / "folds.csv", index=False)
+    tmp = out / f".folds.csv.{os.getpid()}.tmp"  # written aside, then renamed: readers never see half a file
+    pd.DataFrame({ID: train[ID], "fold": folds}).to_csv(tmp, index=False)
+    os.replace(tmp, out / "folds.csv")
     summary = fold_summary(train[TARGET], folds, k)
-    meta = {"data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir), "k": k,
+    meta = {"key": key, "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir), "k": k,
             "seed": seed, "group_col": group_col, "policy": policy, "why": why, **summary,
             "dup_audit": audit}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    tmp = out / f".meta.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "meta.json")
     log.info("folds: %d rows in %d folds %s; %d rows never validated (%d singleton classes, and "
              "with groups classes of one group; no OOF prediction); %d classes have fewer than k rows",
              summary["rows"], k, summary["rows_per_fold"], summary["never_validated_rows"],

@@ -113,15 +113,68 @@ def _temperature(hcfg, params, seed, model, Xfit, yfit, n_true, n_classes, post)
     return fit_temperature(post(inner.predict_proba(_rows(Xfit, val))), yfit[val])
 
 
+def fold_key(cfg: dict, hcfg: dict, params: dict, fold: int, pseudo_fold=None) -> str:
+    """Cache key of one fold's files: the head's config, the folds, and only the feature files that
+    fold reads (a fine-tuned set's fold{k}/meta.json), so FOLD=k jobs run in any order."""
+    from ..config import config_hash
+    from ..features import feature_sets, is_per_fold
+
+    root = Path(cfg["out_dir"])
+    sets = feature_sets(cfg)
+    feat_keys = []
+    for f in hcfg.get("features") or []:
+        meta = root / "features" / f / (f"fold{fold}" if f in sets and is_per_fold(sets[f]) else "") / "meta.json"
+        if not meta.is_file():
+            meta = root / "features" / f / "meta.json"  # a skipped set's marker
+        feat_keys.append(json.loads(meta.read_text()).get("key") if meta.is_file() else None)
+    folds = root / "folds" / "folds.csv"
+    return config_hash({"head": hcfg, "params": params, "seed": cfg.get("seed", 0), "k": cfg.get("folds", {}).get("k"),
+                        "features": feat_keys, "folds": folds.read_text() if folds.is_file() else None,
+                        "fold": fold, "pseudo": pseudo_fold})
+
+
+def _pseudo_fold(pseudo, fold):
+    if pseudo is None or fold not in pseudo:
+        return None
+    mask, labels = pseudo[fold]
+    return [np.flatnonzero(mask).tolist(), labels[mask].tolist()]
+
+
+def _read_fold(folder: Path, key: str):
+    """A FOLD=k job's files, if they match `key`: (P_val or None, P_test, metrics)."""
+    try:
+        m = json.loads((folder / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if m.get("key") != key:
+        return None
+    P_val = np.load(folder / "oof_rows.npy") if (folder / "oof_rows.npy").is_file() else None
+    return P_val, np.load(folder / "test.npy"), m
+
+
+def _write_fold(folder: Path, key: str, P_val, P_te, m: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").unlink(missing_ok=True)  # written last: marks the fold finished
+    if P_val is not None:
+        np.save(folder / "oof_rows.npy", P_val)
+    np.save(folder / "test.npy", P_te)
+    (folder / "metrics.json").write_text(json.dumps({**m, "key": key}, indent=2, default=str))
+
+
 def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None, write: bool = True,
              force: bool = False, pseudo: dict | None = None, out_name: str | None = None,
-             save_test_folds: bool = False) -> dict:
+             save_test_folds: bool = False, fold_job: int | None = None) -> dict:
     """Fit head `name` on every fold; write oof/{out_name or name}/; return its metrics.
 
     `params` overrides the config's params (tuning); `folds_to_run` limits the folds (tuning).
     `pseudo`: {fold: (test_rows_mask, labels)} test rows added to fold k's training rows.
     A head whose config, features and folds are unchanged since its last run is not refit
     (its metrics are returned from oof/{name}/metrics.json) unless `force`.
+
+    Folds as jobs: `fold_job=k` fits fold k alone (k = -1: the full fit of `test_from: full`) and
+    writes oof/{name}/fold{k}/ (oof_rows.npy, test.npy, metrics.json with the fold's key); a later
+    full run reads every finished fold file instead of refitting it, assembles the same oof.npy /
+    test.npy a one-shot run writes (byte for byte), and removes the fold files.
     """
     from tqdm import tqdm
 
@@ -135,29 +188,47 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     out_name = out_name or name
     out = Path(cfg["out_dir"]) / "oof" / out_name
     params = {**(hcfg.get("params") or {}), **(params or {})}
-    pseudo_key = None if pseudo is None else {k: [np.flatnonzero(m).tolist(), lab[m].tolist()]
-                                              for k, (m, lab) in sorted(pseudo.items())}
-    key = head_key(cfg, hcfg, params, pseudo_key)
-    if write and not force and folds_to_run is None and (out / "metrics.json").is_file() and (out / "oof.npy").is_file():
+    pseudo_key = None if pseudo is None else {k: _pseudo_fold(pseudo, k) for k in sorted(pseudo)}
+    full_fit = hcfg.get("test_from") == "full" and pseudo is None
+    k = int(cfg.get("folds", {}).get("k", 5))
+    stored = None
+    if write and not force and (out / "metrics.json").is_file() and (out / "oof.npy").is_file():
         stored = json.loads((out / "metrics.json").read_text())
-        if stored.get("key") == key and (not save_test_folds or (out / "test_folds.npy").is_file()):
+    if fold_job is not None:  # one fold, as its own job
+        if fold_job == -1 and not full_fit:
+            log.info("oof/%s: no full fit (test_from: folds), nothing to do for fold -1", out_name)
+            return {}
+        if not -1 <= fold_job < k:
+            raise DataError(f"FOLD={fold_job}: the folds are 0..{k - 1} (and -1, the full fit)")
+        fkey = fold_key(cfg, hcfg, params, fold_job, _pseudo_fold(pseudo, fold_job))
+        if stored and stored.get("fold_keys", {}).get(str(fold_job)) == fkey:
+            log.info("oof/%s: fold %d already assembled, nothing to do", out_name, fold_job)
+            return stored
+        if not force and _read_fold(out / f"fold{fold_job}", fkey) is not None:
+            log.info("oof/%s/fold%d: cached, nothing to do", out_name, fold_job)
+            return json.loads((out / f"fold{fold_job}" / "metrics.json").read_text())
+    else:
+        key = head_key(cfg, hcfg, params, pseudo_key)
+        if stored and folds_to_run is None and stored.get("key") == key and \
+                (not save_test_folds or (out / "test_folds.npy").is_file()):
             log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", out_name)
             return stored
     train = load_split(cfg["data_dir"], "train", parse_text=False)
     test = load_split(cfg["data_dir"], "test", parse_text=False)
     fold_of_row = load_folds(cfg, train)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
-    n_classes, k = len(classes), int(cfg.get("folds", {}).get("k", 5))
+    n_classes = len(classes)
     tr_ids, te_ids = train[ID].to_numpy(), test[ID].to_numpy()
-    oof = np.full((len(train), n_classes), np.nan, np.float32)
-    test_pred = np.zeros((len(test), n_classes), np.float32)
-    folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
-    test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if save_test_folds else None
     calibrate, tau = bool(hcfg.get("calibrate", False)), float(hcfg.get("logit_adjust") or 0.0)
-    per_fold, t_all = [], time.time()
-    for i, fold in enumerate(tqdm(folds_to_run, desc=f"{out_name} folds", mininterval=1)):
+
+    def fit_fold(fold):
+        """(P_val, P_test, metrics) of fold k, float32; fold -1: (None, raw full-fit P_test, {})."""
         t0 = time.time()
         Xtr, Xte = _head_input(cfg, name, hcfg, fold, tr_ids, te_ids)
+        if fold == -1:  # one fit on all train rows for the test rows; the folds' temperature comes later
+            model = make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes)
+            P = logit_adjusted(model.predict_proba(Xte), class_prior(y, n_classes), tau)
+            return None, P.astype(np.float32), {"fold": -1, "seconds": round(time.time() - t0, 2)}
         fit_rows, val_rows = fold_of_row != fold, fold_of_row == fold
         Xfit, yfit = _rows(Xtr, fit_rows), y[fit_rows]
         n_pseudo = 0
@@ -179,24 +250,48 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
             ll_raw = log_loss(P_val, y[val_rows])
             P_val, P_te = tempered(P_val, T), tempered(P_te, T)
             m.update(temperature=round(T, 4), logloss_raw=round(ll_raw, 5))
-        oof[val_rows] = P_val
-        test_pred += P_te / len(folds_to_run)
-        if test_folds is not None:
-            test_folds[i] = P_te
-        m.update(scores(y[val_rows], oof[val_rows].argmax(1)))
+        P_val, P_te = np.asarray(P_val, np.float32), np.asarray(P_te, np.float32)
+        m.update(scores(y[val_rows], P_val.argmax(1)))
         m.update(fold=fold, seconds=round(time.time() - t0, 2), fit_rows=int(fit_rows.sum()), pseudo_rows=n_pseudo,
-                 logloss=round(log_loss(oof[val_rows], y[val_rows]), 5),
-                 best_iteration=getattr(model, "best_iteration", None))
-        per_fold.append(m)
+                 logloss=round(log_loss(P_val, y[val_rows]), 5), best_iteration=getattr(model, "best_iteration", None))
         log.info("%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)%s", out_name, fold,
                  m["weighted_f1"], m["macro_f1"], m["accuracy"], m["rows"], m["seconds"],
                  f", log loss {m['logloss_raw']:.4f} -> {m['logloss']:.4f} at T={m['temperature']:.3f}" if calibrate else "")
-    if hcfg.get("test_from") == "full" and pseudo is None:  # fold -1: one fit on all train rows for the test rows
-        Xtr, Xte = _head_input(cfg, name, hcfg, -1, tr_ids, te_ids)
-        test_pred = logit_adjusted(make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes).predict_proba(Xte),
-                                   class_prior(y, n_classes), tau)
-        if calibrate:  # the folds' temperatures, geometric mean
-            test_pred = tempered(test_pred, float(np.exp(np.mean([np.log(m["temperature"]) for m in per_fold]))))
+        return P_val, P_te, m
+
+    if fold_job is not None:
+        P_val, P_te, m = fit_fold(fold_job)
+        _write_fold(out / f"fold{fold_job}", fkey, P_val, P_te, m)
+        log.info("oof/%s/fold%d: written (a full `make train` assembles the folds)", out_name, fold_job)
+        return m
+
+    oof = np.full((len(train), n_classes), np.nan, np.float32)
+    test_pred = np.zeros((len(test), n_classes), np.float32)
+    folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
+    test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if save_test_folds else None
+    fold_keys, reused, per_fold, t_all = {}, [], [], time.time()
+    for i, fold in enumerate(tqdm(folds_to_run + ([-1] if full_fit and write else []), desc=f"{out_name} folds", mininterval=1)):
+        fkey = fold_key(cfg, hcfg, params, fold, _pseudo_fold(pseudo, fold)) if write else None
+        done = None if (force or not write) else _read_fold(out / f"fold{fold}", fkey)
+        if done is not None:
+            reused.append(fold)
+        P_val, P_te, m = done if done is not None else fit_fold(fold)
+        m = {k_: v for k_, v in m.items() if k_ != "key"}
+        if write:
+            fold_keys[str(fold)] = fkey
+        if fold == -1:  # the full fit's test probabilities replace the folds' mean
+            test_pred = P_te
+            if calibrate:  # the folds' temperatures, geometric mean
+                test_pred = tempered(test_pred, float(np.exp(np.mean([np.log(f["temperature"]) for f in per_fold]))))
+            test_pred = np.asarray(test_pred, np.float32)
+            continue
+        oof[fold_of_row == fold] = P_val
+        test_pred += P_te / len(folds_to_run)
+        if test_folds is not None:
+            test_folds[i] = P_te
+        per_fold.append(m)
+    if reused:
+        log.info("oof/%s: folds %s read from FOLD=k jobs' files, not refit", out_name, reused)
     has = ~np.isnan(oof).any(1)
     overall = scores(y[has], oof[has].argmax(1))
     overall["logloss"] = round(log_loss(oof[has], y[has]), 5)
@@ -204,13 +299,15 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         overall["logloss_raw"] = round(float(np.average([m["logloss_raw"] for m in per_fold],
                                                         weights=[m["rows"] for m in per_fold])), 5)
     never = int((fold_of_row == NEVER).sum())
-    metrics = {"head": out_name, "key": key, "kind": hcfg["kind"], "features": feats, "params": params,
-               "calibrate": calibrate, "logit_adjust": tau, "overall": overall,
+    metrics = {"head": out_name, "key": key, "fold_keys": fold_keys, "kind": hcfg["kind"], "features": feats,
+               "params": params, "calibrate": calibrate, "logit_adjust": tau, "overall": overall,
                "folds": per_fold, "never_validated_rows": never, "n_classes": int(n_classes),
-               "seconds": round(time.time() - t_all, 2)}
+               "seconds": round(time.time() - t_all, 2), "folds_from_jobs": reused}
     log.info("%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows "
              "excluded)", out_name, overall["weighted_f1"], overall["macro_f1"], overall["accuracy"], overall["rows"], never)
     if write:
+        import shutil
+
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)  # written last: marks the folder finished
         np.save(out / "oof.npy", oof)
@@ -223,15 +320,22 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         (out / "config.json").write_text(json.dumps({"head": hcfg, "params": params, "seed": seed,
                                                      "data_dir": cfg["data_dir"]}, indent=2, default=str))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
+            shutil.rmtree(f, ignore_errors=True)
     return metrics
 
 
-def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False) -> dict:
+def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, fold=None) -> dict:
     """Run the enabled heads (or `only` these), then the pseudo-label rounds. A head with
     `max_classes: N` is skipped, with a log line, on a catalogue of more classes: a one-vs-rest
-    liblinear head fits one problem per class."""
+    liblinear head fits one problem per class. `fold=k` (FOLD=k): fold k of every head and
+    pseudo-label round only, into oof/{head}/fold{k}/; a later run without it assembles them."""
+    from ..features import parse_fold
     from .pseudo import pseudo_config, run_pseudo_rounds
 
+    fold = parse_fold(fold)
+    if fold == "shared":
+        raise DataError("train: FOLD=shared is for `make features` (the label-free sets); give a fold number")
     heads = head_configs(cfg)
     names = only or [n for n, h in heads.items() if h.get("enabled", True)]
     limits = {n: int(heads[n]["max_classes"]) for n in names if not only and (heads.get(n) or {}).get("max_classes")}
@@ -247,7 +351,7 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False) -
         log.warning("pseudo: %s skipped on this catalogue; no pseudo-label rounds", sorted(set(skipped)))
         pcfg["rounds"] = 0
     sources = set(pcfg["sources"]) if pcfg["rounds"] else set()
-    results = {n: run_head(cfg, n, force=force, save_test_folds=n in sources) for n in names}
+    results = {n: run_head(cfg, n, force=force, save_test_folds=n in sources, fold_job=fold) for n in names}
     if pcfg["rounds"] and not only:
-        results.update(run_pseudo_rounds(cfg, pcfg, force=force))
+        results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
     return results

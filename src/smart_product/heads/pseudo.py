@@ -44,39 +44,57 @@ def pseudo_config(cfg: dict) -> dict:
     return {"rounds": rounds, "heads": heads, "sources": sources, "threshold": threshold}
 
 
-def fold_pseudo_labels(out_dir, sources: list[str], threshold: float) -> dict:
-    """{fold index: (test rows mask, labels)} from the sources' per-fold test probabilities."""
+def _source_test_probs(out_dir, source: str, fold: int | None):
+    """A source head's per-fold test probabilities, K x n_test x C (or 1 x ... for `fold`): from
+    oof/{source}/test_folds.npy, or for one fold from a FOLD=k job's oof/{source}/fold{k}/test.npy
+    (rounded to float16 as test_folds.npy stores it, so both paths pick the same rows)."""
+    folder = Path(out_dir) / "oof" / source
+    if fold is not None and (folder / f"fold{fold}" / "test.npy").is_file():
+        return np.load(folder / f"fold{fold}" / "test.npy").astype(np.float16).astype(np.float32)[None]
+    f = folder / "test_folds.npy"
+    if not f.is_file():
+        raise DataError(f"{f}: missing (pseudo-label sources keep each fold model's test probabilities)")
+    P = np.load(f, mmap_mode="r")
+    return np.asarray(P if fold is None else P[fold:fold + 1]).astype(np.float32)
+
+
+def fold_pseudo_labels(out_dir, sources: list[str], threshold: float, fold: int | None = None) -> dict:
+    """{fold index: (test rows mask, labels)} from the sources' per-fold test probabilities
+    (every fold, or only `fold`)."""
     mean = None
     for s in sources:
-        f = Path(out_dir) / "oof" / s / "test_folds.npy"
-        if not f.is_file():
-            raise DataError(f"{f}: missing (pseudo-label sources keep each fold model's test probabilities)")
-        P = np.load(f).astype(np.float32)
+        P = _source_test_probs(out_dir, s, fold)
         mean = P if mean is None else mean + P
     mean /= len(sources)
-    return {k: (mean[k].max(1) >= threshold, mean[k].argmax(1)) for k in range(len(mean))}
+    folds = range(len(mean)) if fold is None else [fold]
+    return {k: (mean[i].max(1) >= threshold, mean[i].argmax(1)) for i, k in enumerate(folds)}
 
 
-def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False) -> dict:
+def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False, fold: int | None = None) -> dict:
+    """The rounds for every fold, or (FOLD=k jobs) for fold k alone into oof/{h}_pl{r}/fold{k}/."""
     from .loop import run_head
 
     results, prev = {}, list(pcfg["sources"])
     k = int(cfg.get("folds", {}).get("k", 5))
     last = {h: None for h in pcfg["heads"]}
+    if fold == -1:  # pseudo-label rounds have no full fit
+        return results
     for r in range(1, pcfg["rounds"] + 1):
-        labels = fold_pseudo_labels(cfg["out_dir"], prev, pcfg["threshold"])
-        if len(labels) != k:
+        labels = fold_pseudo_labels(cfg["out_dir"], prev, pcfg["threshold"], fold)
+        if fold is None and len(labels) != k:
             raise DataError(f"pseudo round {r}: sources {prev} hold {len(labels)} fold models, the folds have {k}")
         n_rows = [int(m.sum()) for m, _ in labels.values()]
         log.info("pseudo round %d: %s test rows per fold at probability >= %.2f (from %s)", r, n_rows,
                  pcfg["threshold"], ", ".join(prev))
         for h in pcfg["heads"]:
             name = f"{h}_pl{r}"
-            m = run_head(cfg, h, pseudo=labels, out_name=name, force=force, save_test_folds=r < pcfg["rounds"])
-            base = last[h] or results.get(h) or _metrics(cfg, h)
-            gain = m["overall"]["weighted_f1"] - base["overall"]["weighted_f1"]
-            log.info("pseudo round %d: %s OOF weighted F1 %.4f (%+.4f against round %d)", r, name,
-                     m["overall"]["weighted_f1"], gain, r - 1)
+            m = run_head(cfg, h, pseudo=labels, out_name=name, force=force, save_test_folds=r < pcfg["rounds"],
+                         fold_job=fold)
+            if fold is None:
+                base = last[h] or results.get(h) or _metrics(cfg, h)
+                gain = m["overall"]["weighted_f1"] - base["overall"]["weighted_f1"]
+                log.info("pseudo round %d: %s OOF weighted F1 %.4f (%+.4f against round %d)", r, name,
+                         m["overall"]["weighted_f1"], gain, r - 1)
             results[name], last[h] = m, m
         prev = [f"{h}_pl{r}" for h in pcfg["heads"]]
     return results

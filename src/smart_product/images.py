@@ -1,0 +1,213 @@
+"""Decode once: a split's images as one uint8 array on disk, read by every epoch and fold.
+
+`image_cache(root, split, paths, size)` decodes each image once, at `size` x `size` (PIL:
+`draft` for JPEG, RGB, bilinear resize: the same pixels as the per-image loader's eval
+transform), with worker processes and a progress bar, into
+
+    {root}/_images/{size}/{split}.u8        raw uint8, n x size x size x 3 (memory-mapped)
+    {root}/_images/{size}/{split}.ok.npy    False: no path, missing or corrupt (its pixels are 0)
+    {root}/_images/{size}/{split}.json      key (data fingerprint, size, the files' sizes and
+                                            mtimes), shape, seconds, images/s; written last
+
+Fine-tuning and embedding then read batches from the memmap (`CachedRows`, `CachedImageSet`)
+and augment on the batch tensor, on the GPU when there is one (`BatchAugment`, kornia):
+per-fold fine-tuning reads every image (K + 1) x (epochs + embedding passes) times, and
+decoding JPEGs on the CPU each time starves a GPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+CHUNK = 256  # images per worker task
+
+
+def has_path(path) -> bool:
+    """False for a missing image path (None, or NaN as pandas stores it)."""
+    return path is not None and not (isinstance(path, float) and math.isnan(path))
+
+
+def decode(path, size: int, draft: bool = True) -> np.ndarray | None:
+    """One image as uint8 size x size x 3, or None when missing or unreadable.
+
+    `draft` lets libjpeg decode at a reduced scale that is still >= size (much faster for big
+    photos); the bilinear resize to size x size follows, as torchvision's Resize does on PIL images.
+    """
+    from PIL import Image
+
+    if not has_path(path):
+        return None
+    try:
+        with Image.open(path) as img:
+            if draft:
+                img.draft("RGB", (size, size))
+            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    except Exception:
+        return None
+
+
+def _decode_chunk(task):
+    file, n, size, start, paths, draft = task
+    arr = np.memmap(file, np.uint8, mode="r+", shape=(n, size, size, 3))
+    ok = np.zeros(len(paths), bool)
+    for i, p in enumerate(paths):
+        x = decode(p, size, draft)
+        if x is not None:
+            arr[start + i] = x
+            ok[i] = True
+    arr.flush()
+    return start, ok
+
+
+def _files_key(paths) -> str:
+    """The image files as they are now: path, size and mtime of each (a changed photo re-decodes)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in paths:
+        try:
+            st = os.stat(p) if has_path(p) else None
+        except OSError:
+            st = None
+        h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class ImageCache:
+    """A split's decoded images: `array()` is the n x size x size x 3 uint8 memmap, `ok` the mask."""
+
+    def __init__(self, file: Path, n: int, size: int, ok: np.ndarray):
+        self.file, self.n, self.size, self.ok = Path(file), int(n), int(size), ok
+
+    def array(self) -> np.ndarray:
+        return np.memmap(self.file, np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
+
+    def rows(self, rows=None) -> "CachedRows":
+        return CachedRows(self, np.arange(self.n) if rows is None else np.asarray(rows))
+
+
+def image_cache(root: str | Path, split: str, paths, size: int, data_fp: str = "", draft: bool = True,
+                workers: int | None = None) -> ImageCache:
+    """Decode `paths` once into {root}/_images/{size}/{split}.u8 (cached by the data fingerprint,
+    size and the image files' sizes and mtimes); return the ImageCache."""
+    from .backbones import n_workers
+    from .config import config_hash
+
+    paths = list(paths)
+    folder = Path(root) / "_images" / str(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    file, meta_file, ok_file = folder / f"{split}.u8", folder / f"{split}.json", folder / f"{split}.ok.npy"
+    key = config_hash({"data": data_fp, "size": size, "draft": draft, "n": len(paths), "files": _files_key(paths)})
+    if meta_file.is_file() and file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError:
+            meta = {}
+        if meta.get("key") == key:
+            log.info("images/%s at %d px: cached (%s)", split, size, file)
+            return ImageCache(file, len(paths), size, np.load(ok_file))
+    meta_file.unlink(missing_ok=True)
+    n, t0 = len(paths), time.time()
+    np.memmap(file, np.uint8, mode="w+", shape=(max(n, 1), size, size, 3)).flush()  # zeros: no image
+    ok = np.zeros(n, bool)
+    tasks = [(str(file), max(n, 1), size, s, paths[s:s + CHUNK], draft) for s in range(0, n, CHUNK)]
+    workers = n_workers(workers)
+    bar = tqdm(total=n, desc=f"decode {split} images at {size}px", mininterval=2, leave=False)
+    if workers > 0 and len(tasks) > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+            for start, got in pool.map(_decode_chunk, tasks):
+                ok[start:start + len(got)] = got
+                bar.update(len(got))
+    else:
+        for task in tasks:
+            start, got = _decode_chunk(task)
+            ok[start:start + len(got)] = got
+            bar.update(len(got))
+    bar.close()
+    seconds = time.time() - t0
+    np.save(ok_file, ok)
+    meta = {"key": key, "split": split, "shape": [n, size, size, 3], "images_ok": int(ok.sum()),
+            "no_image": int(n - ok.sum()), "draft": draft, "workers": workers, "seconds": round(seconds, 2),
+            "images_per_s": round(n / max(seconds, 1e-9), 1), "bytes": int(file.stat().st_size)}
+    meta_file.write_text(json.dumps(meta, indent=2))
+    log.info("images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s "
+             "(%.2f GB)", split, n, n - ok.sum(), size, seconds, meta["images_per_s"], workers, file,
+             meta["bytes"] / 1e9)
+    return ImageCache(file, n, size, ok)
+
+
+class CachedRows:
+    """Rows of an ImageCache: what embed() / finetune() take in place of image paths."""
+
+    def __init__(self, cache: ImageCache, rows: np.ndarray):
+        self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> "CachedRows":
+        return CachedRows(self.cache, self.rows[idx if isinstance(idx, slice) else np.asarray(idx)])
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.cache.ok[self.rows]
+
+
+class CachedImageSet(Dataset):
+    """Batches from the memmap: `dataset[list_of_indices]` -> (uint8 b x 3 x S x S, ok, labels).
+
+    Used with a BatchSampler as the DataLoader's sampler (batch_size=None): one fancy-indexed
+    read per batch (indices sorted, so the reads go forward through the file). `augment` (a
+    BatchAugment) runs here, in the DataLoader worker, when training on the CPU: beside the
+    model's compute instead of before it; on a GPU it runs on the device instead.
+    """
+
+    def __init__(self, rows: CachedRows, labels=None, augment=None):
+        self.rows, self.labels, self.augment = rows, None if labels is None else np.asarray(labels), augment
+        self._arr = None
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getstate__(self):  # worker processes reopen the memmap instead of pickling its pages
+        return {**self.__dict__, "_arr": None}
+
+    def __getitem__(self, idx):
+        if self._arr is None:
+            self._arr = self.rows.cache.array()
+        idx = np.sort(np.atleast_1d(np.asarray(idx)))
+        x = torch.from_numpy(np.ascontiguousarray(self._arr[self.rows.rows[idx]])).permute(0, 3, 1, 2)
+        if self.augment is not None:
+            x = self.augment(x)
+        ok = torch.from_numpy(self.rows.cache.ok[self.rows.rows[idx]])
+        y = torch.full((len(idx),), -1, dtype=torch.long) if self.labels is None else \
+            torch.from_numpy(self.labels[idx].astype(np.int64))
+        return x, ok, y
+
+
+class BatchAugment(nn.Module):
+    """Training augmentation on a uint8 batch tensor, per-sample random (kornia), on the batch's
+    device: resized crop (scale 0.6-1), horizontal flip, rotation (15 degrees); uint8 out."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        import kornia.augmentation as K
+
+        self.aug = nn.Sequential(K.RandomResizedCrop((size, size), scale=(0.6, 1.0)), K.RandomHorizontalFlip(),
+                                 K.RandomRotation(15.0))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.aug(x.float() / 255.0) * 255.0).round_().clamp_(0, 255).to(torch.uint8)

