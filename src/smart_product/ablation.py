@@ -24,7 +24,7 @@ import pandas as pd
 from .data import ID, TARGET, load_split
 from .folds import load_folds
 from .heads import head_names, scores
-from .heads.calibrate import class_prior, logit_adjusted, tempered
+from .heads.calibrate import class_prior, fold_adjusted, fold_priors, logit_adjusted, tempered
 from .report import available, load_oof
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,10 @@ def run_ablation(cfg: dict) -> list[dict]:
             rows.append(stack("  ... without the kNN heads", base + pseudo))
         if pseudo and len(base + knn) > 1:
             rows.append(stack("  ... without the pseudo-label rounds", base + knn))
+    priors = fold_priors(y, np.where(has, folds, -1), len(classes))
     for tau in (0.5, 1.0):
         oof = runs[best]["oof"].copy()
-        for k in np.unique(folds[has]):
-            rows_k = folds == k
-            oof[rows_k] = logit_adjusted(oof[rows_k], class_prior(y[(folds != k)], len(classes)), tau)
+        oof[has] = fold_adjusted(oof, folds, priors, tau, has)
         rows.append(row(f"best head, logit adjustment tau={tau}", oof,
                         logit_adjusted(runs[best]["test"], class_prior(y, len(classes)), tau), [best]))
     blend_dir = Path(out_dir) / "oof" / bcfg.get("name", "blend")

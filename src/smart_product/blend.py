@@ -31,20 +31,11 @@ import numpy as np
 from .data import ID, TARGET, DataError, load_split
 from .folds import load_folds
 from .heads import head_names, scores
-from .heads.calibrate import class_prior, logit_adjusted
+from .heads.calibrate import class_prior, fold_adjusted, fold_priors, logit_adjusted, tempered
 from .report import available, load_oof
 from .submit import write_submission
 
 log = logging.getLogger(__name__)
-
-
-def _tempered(P: np.ndarray, T: float) -> np.ndarray:
-    if T == 1.0:
-        return P
-    logp = np.log(np.clip(P, 1e-9, 1.0)) / T
-    logp -= logp.max(1, keepdims=True)
-    e = np.exp(logp)
-    return e / e.sum(1, keepdims=True)
 
 
 def combine(probs: list[np.ndarray], weights, temps=None) -> np.ndarray:
@@ -54,7 +45,7 @@ def combine(probs: list[np.ndarray], weights, temps=None) -> np.ndarray:
     out = np.zeros_like(probs[0], dtype=np.float32)
     for p, wi, t in zip(probs, w, temps):
         if wi > 0:
-            out += np.float32(wi) * _tempered(p, t)
+            out += np.float32(wi) * tempered(p, t)
     return out
 
 
@@ -108,18 +99,17 @@ def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
     level; heads/calibrate.py), with each fold's prior from the other folds' rows. tau is chosen
     like a procedure: on one half of the folds, scored on the other (both ways); it is applied
     (tau chosen on all rows) only if that held-out score beats tau = 0. Returns {tau, ..., oof}."""
-    taus = sorted({0.0, *map(float, taus or [])})
+    try:
+        taus = sorted({0.0, *map(float, taus or [])})
+    except (TypeError, ValueError):
+        raise DataError(f"config blend.logit_adjust: a list of tau values (e.g. [0, 0.5, 1]) or [], "
+                        f"not {taus!r}") from None
     if len(taus) == 1:
         return {"tau": 0.0}
-    n_classes = P.shape[1]
-    priors = {k: class_prior(y[folds != k], n_classes) for k in np.unique(folds[has])}
+    priors = fold_priors(y, np.where(has, folds, -1), P.shape[1])
 
     def adjusted(rows, t):
-        out = np.empty((int(rows.sum()), n_classes), np.float32)
-        sel = folds[rows]
-        for k, prior in priors.items():
-            out[sel == k] = logit_adjusted(P[rows & (folds == k)], prior, t)
-        return out
+        return fold_adjusted(P, folds, priors, t, rows)
 
     def f1(rows, t):
         return scores(y[rows], adjusted(rows, t).argmax(1))["weighted_f1"]
