@@ -203,3 +203,16 @@ def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_
     X, _, _ = embed(enc, "image", rows, batch_size=128, workers=0)
     np.testing.assert_allclose(X, np.load(sub / "train.npy"), atol=1e-4)
     shutil.rmtree(tmp_path / "features" / "_images")
+
+
+def test_a_misspelt_finetune_key_is_a_config_error_before_any_work(demo_dir, make_cfg):
+    from smart_product.data import DataError
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+
+    cfg = make_cfg(demo_dir, "features.sets={img: {kind: image, model: test_efficientnet, weights: random,"
+                             " image_size: 32, finetune: {epoch: 1}}}", "folds.k=3")
+    make_folds(cfg)
+    with pytest.raises(DataError, match=r"finetune: unknown keys \['epoch'\]"):
+        make_features(cfg)
+    assert not (Path(cfg["out_dir"]) / "features" / "_images").exists()

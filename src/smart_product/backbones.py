@@ -389,11 +389,12 @@ def add_lora(encoder: nn.Module, lora: dict) -> nn.Module:
     the architecture when absent)}. Undo with `merge_lora` (adapters folded into the weights)."""
     from peft import LoraConfig, get_peft_model
 
+    from .config import ConfigError
+
     if not isinstance(encoder, TextEncoder):
-        raise ValueError("finetune.lora: LoRA adapters are for text encoders (transformers models)")
-    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-    if unknown:
-        raise ValueError(f"finetune.lora: unknown keys {sorted(unknown)} (r, alpha, dropout, target_modules)")
+        raise ConfigError("finetune.lora: LoRA adapters are for text encoders (transformers models)")
+    if not isinstance(lora, dict) or set(lora) - {"r", "alpha", "dropout", "target_modules"}:
+        raise ConfigError(f"finetune.lora: a mapping with r, alpha, dropout, target_modules; not {lora!r}")
     cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
                      lora_dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("target_modules"))
     encoder.model = get_peft_model(encoder.model, cfg)

@@ -29,6 +29,7 @@ unfinished sets/folds. Row order: train_ids.npy / test_ids.npy beside the matric
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -281,13 +282,18 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     Under torchrun every process trains (DDP) and rank 0 alone embeds; the others return None."""
     from .backbones import dist_info, finetune
 
+    ft = dict(opts["finetune"])
+    allowed = set(inspect.signature(finetune).parameters) - {"encoder", "kind", "items", "labels", "n_classes",
+                                                              "workers", "desc"}
+    if set(ft) - allowed:
+        raise DataError(f"config features.sets.{opts['name']}.finetune: unknown keys {sorted(set(ft) - allowed)} "
+                        f"(one of {sorted(allowed)})")
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     enc = _build(opts)
     items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
-    ft = dict(opts["finetune"])
     log_ = finetune(enc, opts["kind"], fit_items, y[fit], len(classes), workers=opts.get("workers"),
                     desc=f"{opts['name']} fold{k}", **ft)
     if dist_info()[0] > 0:
