@@ -170,7 +170,7 @@ def test_fold_jobs_then_assembling_run_equal_a_one_shot_run_byte_for_byte(demo_d
 
 def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_embedder(demo_dir, tmp_path):
     from smart_product.backbones import embed
-    from smart_product.features import _items, load_finetuned
+    from smart_product.features import _items, _load_for_features, load_finetuned
     from smart_product.folds import make_folds
 
     from smart_product.config import load_config
@@ -193,10 +193,7 @@ def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_
     assert not (tmp_path / "features" / "img_ft" / "fold1").exists()  # FOLD=0 only
     # the DDP-trained weights load into a single-process encoder and embed the same vectors
     enc = load_finetuned(cfg, "img_ft", 0)
-    train = load_split(demo_dir, "train", False)
-    from smart_product.data import apply_image_status, check_images
-
-    train = apply_image_status(train, check_images(train), "train")
+    train, _ = _load_for_features(cfg)  # what the features stage read (image status applied)
     rows = _items(train, {"kind": "image"}, "train", enc.size,
                   {"root": tmp_path / "features", "data_fp": meta["data_fingerprint"]})
     assert isinstance(rows, CachedRows)

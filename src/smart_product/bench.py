@@ -223,8 +223,8 @@ def run_image_bench(cfg: dict) -> dict:
     import torch
 
     from .backbones import device, embed, finetune
-    from .data import apply_image_status, check_images, fingerprint
-    from .features import _batch_size, _build, _items, feature_sets
+    from .data import fingerprint
+    from .features import _batch_size, _build, _items, _load_for_features, feature_sets
 
     bcfg = (cfg.get("bench") or {}).get("images") or {}
     name, epochs, repeats = bcfg.get("set", "image"), int(bcfg.get("epochs", 1)), int(bcfg.get("repeats", 2))
@@ -233,9 +233,7 @@ def run_image_bench(cfg: dict) -> dict:
         raise DataError(f"bench.images.set: {name!r} is not an image set of the config ({sorted(sets)})")
     opts = dict(sets[name])
     ft = dict(opts.get("finetune") or {"epochs": epochs, "lr": 3e-4, "batch_size": 32}, epochs=epochs)
-    train, test = load_data(cfg["data_dir"])
-    train = apply_image_status(train, check_images(train), "train")
-    test = apply_image_status(test, check_images(test), "test")
+    train, test = _load_for_features(cfg)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     fit = np.flatnonzero(np.random.default_rng(0).random(len(train)) < 0.8)  # fold-like training rows
     bs, workers = _batch_size(opts), opts.get("workers")

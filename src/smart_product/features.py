@@ -255,15 +255,17 @@ def _batch_size(opts: dict) -> int:
     return int(opts.get("gpu_batch_size", 256) if device().type == "cuda" else opts.get("batch_size", 32))
 
 
-def _embed_both(enc, train, test, opts, ctx, desc):
+def _embed_both(enc, train, test, opts, ctx, desc, items_train=None):
+    """Embed every train and test row; `items_train`: the train items the caller already has."""
     from .backbones import embed
 
     bs, tta = _batch_size(opts), opts.get("tta") == "flip"
     if opts.get("tta") not in (None, False, "flip"):
         raise DataError(f"config features.sets.{opts['name']}.tta: 'flip' or absent, not {opts['tta']!r}")
     size = getattr(enc, "size", None)
-    Xtr, _, rate = embed(enc, opts["kind"], _items(train, opts, "train", size, ctx), bs, opts.get("workers"),
-                         desc=f"{desc} train", tta=tta)
+    if items_train is None:
+        items_train = _items(train, opts, "train", size, ctx)
+    Xtr, _, rate = embed(enc, opts["kind"], items_train, bs, opts.get("workers"), desc=f"{desc} train", tta=tta)
     Xte, _, _ = embed(enc, opts["kind"], _items(test, opts, "test", size, ctx), bs, opts.get("workers"),
                       desc=f"{desc} test", tta=tta)
     return Xtr, Xte, rate
@@ -298,7 +300,7 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
                     desc=f"{opts['name']} fold{k}", **ft)
     if dist_info()[0] > 0:
         return None
-    Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}")
+    Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}", items)
     return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate, "tta": opts.get("tta")}, enc
 
 

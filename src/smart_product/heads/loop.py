@@ -80,21 +80,6 @@ def _head_input(cfg, name, hcfg, fold, tr_ids, te_ids):
     return Xtr, Xte
 
 
-def head_key(cfg: dict, hcfg: dict, params: dict, extra=None) -> str:
-    """Cache key of a head's OOF files: its config, the feature sets' own keys, the folds."""
-    from ..config import config_hash
-
-    root = Path(cfg["out_dir"])
-    feat_keys = []
-    for f in hcfg.get("features") or []:
-        metas = sorted((root / "features" / f).glob("**/meta.json"))
-        feat_keys.append([json.loads(m.read_text()).get("key") for m in metas])
-    folds = root / "folds" / "folds.csv"
-    return config_hash({"head": hcfg, "params": params, "seed": cfg.get("seed", 0), "k": cfg.get("folds", {}).get("k"),
-                        "features": feat_keys, "folds": folds.read_text() if folds.is_file() else None,
-                        **({"extra": extra} if extra else {})})
-
-
 def _temperature(hcfg, params, seed, model, Xfit, yfit, n_true, n_classes, post):
     """Fold temperature from an inner split of the fold's training rows (the first n_true of Xfit
     are train rows, pseudo-labelled test rows follow). A head with its own early-stopping split
@@ -188,7 +173,6 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     out_name = out_name or name
     out = Path(cfg["out_dir"]) / "oof" / out_name
     params = {**(hcfg.get("params") or {}), **(params or {})}
-    pseudo_key = None if pseudo is None else {k: _pseudo_fold(pseudo, k) for k in sorted(pseudo)}
     full_fit = hcfg.get("test_from") == "full" and pseudo is None
     k = int(cfg.get("folds", {}).get("k", 5))
     stored = None
@@ -207,8 +191,12 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         if not force and _read_fold(out / f"fold{fold_job}", fkey) is not None:
             log.info("oof/%s/fold%d: cached, nothing to do", out_name, fold_job)
             return json.loads((out / f"fold{fold_job}" / "metrics.json").read_text())
-    else:
-        key = head_key(cfg, hcfg, params, pseudo_key)
+    else:  # the head's key: its folds' keys (config, the feature files each fold reads, the folds, pseudo-labels)
+        from ..config import config_hash
+
+        fold_keys = {str(f): fold_key(cfg, hcfg, params, f, _pseudo_fold(pseudo, f))
+                     for f in [*range(k), *([-1] if full_fit else [])]}
+        key = config_hash(fold_keys)
         if stored and folds_to_run is None and stored.get("key") == key and \
                 (not save_test_folds or (out / "test_folds.npy").is_file()):
             log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", out_name)
@@ -269,16 +257,14 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     test_pred = np.zeros((len(test), n_classes), np.float32)
     folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
     test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if save_test_folds else None
-    fold_keys, reused, per_fold, t_all = {}, [], [], time.time()
-    for i, fold in enumerate(tqdm(folds_to_run + ([-1] if full_fit and write else []), desc=f"{out_name} folds", mininterval=1)):
-        fkey = fold_key(cfg, hcfg, params, fold, _pseudo_fold(pseudo, fold)) if write else None
-        done = None if (force or not write) else _read_fold(out / f"fold{fold}", fkey)
+    reused, per_fold, t_all = [], [], time.time()
+    runs = folds_to_run + ([-1] if full_fit and write else [])
+    for i, fold in enumerate(tqdm(runs, desc=f"{out_name} folds", mininterval=1)):
+        done = None if (force or not write) else _read_fold(out / f"fold{fold}", fold_keys[str(fold)])
         if done is not None:
             reused.append(fold)
         P_val, P_te, m = done if done is not None else fit_fold(fold)
         m = {k_: v for k_, v in m.items() if k_ != "key"}
-        if write:
-            fold_keys[str(fold)] = fkey
         if fold == -1:  # the full fit's test probabilities replace the folds' mean
             test_pred = P_te
             if calibrate:  # the folds' temperatures, geometric mean
