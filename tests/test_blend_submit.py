@@ -48,6 +48,8 @@ def test_blend_not_below_best_single_head_and_writes_valid_submission(blended, d
     assert summary["oof_refit"]["weighted_f1"] >= best_single
     assert summary["best_single_head"]["weighted_f1"] == pytest.approx(best_single)
     assert 0 < summary["oof_held_out"]["weighted_f1"] <= 1
+    # the stacker runs without and with the default group evidence (shop, title words); held out picks
+    assert {"stack", "stack_groups"} <= set(summary["held_out"]) and summary["chosen"] in summary["held_out"]
     assert abs(sum(summary["weights"].values()) - 1) < 1e-6 and min(summary["weights"].values()) >= 0
     out = Path(cfg["out_dir"])
     sub = pd.read_csv(out / "submissions" / "blend.csv")

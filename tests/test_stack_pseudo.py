@@ -62,6 +62,48 @@ def test_stacker_scales_with_classes_not_weights_per_class():
     assert st.predict_proba(probs).shape == (600, 900)
 
 
+def test_group_evidence_leaves_out_the_rows_own_fold_and_helps():
+    """Group (shop) evidence: a training row's counts leave its own fold out, a predicted row's
+    use every training row; with fold 2's labels permuted, fold 2's stacked predictions do not
+    move; when groups carry the class, the stacker gains from them."""
+    from smart_product.stack import GroupPrior
+
+    codes = np.array([0, 0, 0, 1, 1, 2])
+    y = np.array([3, 3, 1, 2, 2, 0])
+    folds = np.array([0, 1, 2, 0, 1, 0])
+    gp = GroupPrior(alpha=1.0).fit(codes, y, folds, 4, np.full(4, 0.25))
+    cand = np.array([[3, 1]] * 3 + [[2, 0]] * 2 + [[0, 1]])
+    lp, size = gp.features(codes, cand, folds)
+    assert np.exp(size[:, 0]).round().tolist() == [3, 3, 3, 2, 2, 1]   # log(1 + n) of the other folds' rows
+    assert lp[0, 0] == pytest.approx(np.log((1 + 0.25) / 3))           # row 0 (class 3, fold 0): only row 1's 3
+    assert lp[5, 0] == pytest.approx(np.log(0.25))                    # group 2 only in its own fold: the prior
+    lp_all, size_all = gp.features(np.array([0, 7, -1]), np.array([[3, 1]] * 3))
+    assert lp_all[0].tolist() == pytest.approx([np.log(2.25 / 4), np.log(1.25 / 4)])
+    assert size_all[1:].max() == 0 and lp_all[2, 0] == pytest.approx(np.log(0.25))
+
+    probs, y, folds, c = _synthetic_heads(n=1500, seed=3)
+    rng = np.random.default_rng(0)
+    shop = rng.integers(0, 60, len(y))
+    y = np.where(rng.random(len(y)) < 0.7, shop % c, y)               # a shop mostly sells one class
+    groups = shop[:, None]
+    has = np.ones(len(y), bool)
+    params = {"top": 15, "hidden": 8, "max_steps": 300, "batch_size": 256, "seed": 0}
+    test, g_test = [p[:50] for p in probs], groups[:50]
+    plain, _, _ = cross_fit(probs, test, y, folds, has, c, params)
+    with_g, t, _ = cross_fit(probs, test, y, folds, has, c, {**params, "groups": ["shop"]}, groups=groups,
+                             groups_test=g_test)
+    f1 = [scores(y, p.argmax(1))["weighted_f1"] for p in (plain, with_g)]
+    assert f1[1] > f1[0] + 0.05, f1
+    y2 = y.copy()
+    k2 = np.flatnonzero(folds == 2)
+    y2[k2] = rng.permutation(y[k2])
+    with_g2, _, _ = cross_fit(probs, test, y2, folds, has, c, {**params, "groups": ["shop"]}, groups=groups,
+                              groups_test=g_test)
+    assert np.array_equal(with_g[folds == 2], with_g2[folds == 2])
+    with pytest.raises(ValueError, match="groups"):
+        Stacker(groups=["shop"]).fit(probs, y, c)
+
+
 def test_temperature_lowers_log_loss_of_an_overconfident_head():
     probs, y, _, _ = _synthetic_heads(n=4000)
     P = probs[1]                                          # sharpened x4: over-confident
@@ -158,3 +200,25 @@ def test_blend_logit_adjust_grid_that_is_not_numbers_is_a_config_error():
     y, folds, has = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), np.ones(4, bool)
     with pytest.raises(DataError, match="blend.logit_adjust"):
         prior_correction(P, y, folds, has, folds == 0, folds == 1, ["high"])
+
+
+def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):
+    """Group specs: a column, a text column's first n words (lower case), a joint a*b; one code
+    space over train and test; a bad spec is a config error naming the columns."""
+    from smart_product.data import DataError, load_split
+    from smart_product.stack import group_codes, row_side
+
+    cfg = make_cfg(demo_dir)
+    extra, extra_test, g, g_test = row_side(cfg, ["shop_id", "title:1", "shop_id*title:1"])
+    train, test = load_split(demo_dir, "train"), load_split(demo_dir, "test")
+    assert g.shape == (len(train), 3) and g_test.shape == (len(test), 3)
+    assert extra.shape == (len(train), 3) and extra_test.shape == (len(test), 3)
+    both = pd.concat([train, test], ignore_index=True)
+    codes = np.concatenate([g, g_test])
+    first = both["title"].str.lower().str.extract(r"(\w+)")[0]
+    for j, key in enumerate([both["shop_id"].astype(str), first, both["shop_id"].astype(str) + "|" + first]):
+        assert pd.Series(codes[:, j]).groupby(key.to_numpy()).nunique().max() == 1      # one code a value
+        assert pd.Series(key.to_numpy()).groupby(codes[:, j]).nunique().max() == 1      # one value a code
+    assert group_codes([train, test], []) == (None, None)
+    with pytest.raises(DataError, match="not a column.*columns: product_id"):
+        group_codes([train, test], ["brand"])

@@ -45,7 +45,7 @@ def _uncalibrated(r, folds):
 
 def run_ablation(cfg: dict) -> list[dict]:
     from .blend import combine, search_weights, subsample
-    from .stack import cross_fit, row_extra
+    from .stack import cross_fit, row_side
 
     t_all = time.time()
     out_dir = cfg["out_dir"]
@@ -94,14 +94,18 @@ def run_ablation(cfg: dict) -> list[dict]:
 
     extras = []  # the row meta-features, read once (a JSON parse of both splits)
 
-    def stack(label, heads):
+    def stack(label, heads, groups=True):
         t0 = time.time()
-        if not extras:
-            extras.extend(row_extra(cfg))
-        extra, extra_test = extras
         params = {"seed": seed, **(bcfg.get("stack") or {})}
+        if not groups:
+            params["groups"] = []
+        if not extras:
+            extras.extend(row_side(cfg, params.get("groups")))
+        extra, extra_test, g, g_test = extras
+        if not groups:
+            g = g_test = None
         oof, test, _ = cross_fit([runs[h]["oof"] for h in heads], [runs[h]["test"] for h in heads], y, folds, has,
-                                 len(classes), params, extra, extra_test)
+                                 len(classes), params, extra, extra_test, g, g_test)
         return row(label, np.nan_to_num(oof), test, heads, time.time() - t0)
 
     if len(base) > 1:
@@ -114,6 +118,9 @@ def run_ablation(cfg: dict) -> list[dict]:
         rows.append(blend("weighted blend, + kNN + pseudo-label rounds", base + knn + pseudo))
     if bcfg.get("stack", {}) is not False and len(names) > 1:
         rows.append(stack("stacker over every head", names))
+        if (bcfg.get("stack") or {}).get("groups"):
+            rows.append(stack("  ... without the group evidence (" + ", ".join(map(str, bcfg["stack"]["groups"])) + ")",
+                              names, groups=False))
         if knn and len(base + pseudo) > 1:
             rows.append(stack("  ... without the kNN heads", base + pseudo))
         if pseudo and len(base + knn) > 1:

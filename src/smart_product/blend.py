@@ -6,7 +6,8 @@ Optuna searches the weights over rows that have an OOF prediction, by one of sev
 procedures: maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` adds temperatures), minimise log loss (`optuna_logloss`, smoother,
 less prone to fitting noise), log loss with a temperature per head (`optuna_logloss_temperature`),
 or just take the best single head (`best_single`); `stack` replaces the weights with a level-2
-model over the heads' probabilities (stack.py; `blend.stack: false` turns it off). Guard against fitting the OOF set: the folds
+model over the heads' probabilities (stack.py; `blend.stack: false` turns it off), and
+`stack_groups` is the same with the group evidence of `blend.stack.groups`. Guard against fitting the OOF set: the folds
 are split in two halves; each procedure chooses on one half and is scored on the other and vice
 versa (its *held-out* weighted F1, printed beside the best single head and the equal-weight mean).
 The procedure that wins out of sample is refit on all folds and applied to the test
@@ -131,21 +132,21 @@ def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
     return out
 
 
-def stacking(cfg, scfg, oofs, tests, y_all, folds, has, n_classes, seed):
-    """The `stack` procedure (stack.py): held out = a stacker fit on one half, predicting the
-    other; final = its cross-fit OOF (fold k from the other folds) + one fit on all rows for test."""
-    from .stack import cross_fit, make_stacker, row_extra
+def stacking(params, side, oofs, tests, y_all, folds, has, n_classes):
+    """A stacker procedure (stack.py): held out = a stacker fit on one half, predicting the
+    other; final = its cross-fit OOF (fold k from the other folds) + one fit on all rows for test.
+    side: stack.row_side's (extra, extra_test, groups, groups_test); groups None = none."""
+    from .stack import cross_fit, make_stacker
 
-    params = {"seed": seed, **scfg}
-    make_stacker(params)  # a bad config key fails here, before any fit
-    extra, extra_test = row_extra(cfg)
+    extra, extra_test, groups, groups_test = side
 
     def held_out(fit_rows, score_rows):
-        st = make_stacker(params).fit(oofs, y_all, n_classes, extra, rows=fit_rows)
-        return st.predict_proba(oofs, extra, rows=score_rows)
+        st = make_stacker(params).fit(oofs, y_all, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
+        return st.predict_proba(oofs, extra, rows=score_rows, groups=groups)
 
     def final():
-        oof, test, info = cross_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test)
+        oof, test, info = cross_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test, groups,
+                                    groups_test)
         return np.nan_to_num(oof), test, {"stacker": {"params": params, **info}}
     return held_out, final
 
@@ -214,8 +215,16 @@ def run_blend(cfg: dict) -> dict:
                   "best_single": weighted(best_single_weights)}
     scfg = bcfg.get("stack", {})
     if scfg is not False and len(heads) > 1:
-        procedures["stack"] = stacking(cfg, dict(scfg or {}), oofs, [r["test"] for r in runs], y_all, folds, has,
-                                       len(classes), seed)
+        # `stack` without group evidence, `stack_groups` with `blend.stack.groups`: held out decides
+        from .stack import make_stacker, row_side
+
+        params = {"seed": seed, **(scfg or {})}
+        make_stacker(params)  # a bad config key fails here, before any fit
+        side = row_side(cfg, params.get("groups"))
+        args = (oofs, [r["test"] for r in runs], y_all, folds, has, len(classes))
+        procedures["stack"] = stacking({**params, "groups": []}, (*side[:2], None, None), *args)
+        if params.get("groups"):
+            procedures["stack_groups"] = stacking(params, side, *args)
     if bcfg.get("procedures"):
         procedures = {k: v for k, v in procedures.items() if k in bcfg["procedures"]}
     held = {}
@@ -273,7 +282,7 @@ def run_blend(cfg: dict) -> dict:
              "  held out (each procedure chooses on one half of the folds, scored on the other): "
              + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items()) + f" -> {chosen}",
              f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   "
-             + ("stacker over " + ", ".join(heads) if chosen == "stack" else
+             + ("stacker over " + ", ".join(heads) if chosen.startswith("stack") else
                 "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())),
              f"  logit adjustment of the blend: tau {tau['tau']} (held out: {tau['held_out_without']:.4f} without, "
              f"{tau['held_out_with']:.4f} with tau chosen on the other half)" if "held_out_with" in tau else

@@ -8,7 +8,10 @@ all classes, instead of one weight per head x class x class:
 - pair features, per head: log P, log P minus the head's top log P, 1 / (1 + rank among the
   candidates), top-1 flag; the class's log prior (from the level-2 training rows); log of the
   heads' mean; each head's log P times each row meta-feature (has_image, log title length,
-  log description length, each head's confidence), so trust can depend on the row;
+  log description length, each head's confidence), so trust can depend on the row; for each
+  `groups` column (e.g. shop_id: a shop sells few categories), the smoothed log P(class | group)
+  and log(1 + group size), counted on level-2 training rows of *other folds* than the row's own
+  (GroupPrior), so a row's group evidence never includes its own label;
 - model: score = linear + one small ReLU layer over the standardised features, a softmax over
   the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small).
 
@@ -34,8 +37,10 @@ def candidates(probs: list[np.ndarray], top: int) -> np.ndarray:
     return np.argpartition(-mean, top - 1, axis=1)[:, :top]
 
 
-def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
-    """n x top x F float32 features of each (row, candidate class) pair."""
+def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, log_prior: np.ndarray,
+                  group_feats: list[np.ndarray] = ()) -> np.ndarray:
+    """n x top x F float32 features of each (row, candidate class) pair; `group_feats`: n x top
+    arrays (GroupPrior.features), appended as they are."""
     rows = np.arange(len(cand))[:, None]
     feats, lps = [], []
     for P in probs:
@@ -48,7 +53,52 @@ def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, l
     feats += [np.log(np.clip(mean, EPS, 1.0)), log_prior[cand]]
     for lp in lps:
         feats += [lp * meta[:, [j]] for j in range(meta.shape[1])]
+    feats += list(group_feats)
     return np.stack(feats, -1).astype(np.float32)
+
+
+class GroupPrior:
+    """Class counts per group (e.g. per shop) of the level-2 training rows, kept per fold so that
+    a training row's evidence leaves out its own fold (its own label included) and a predicted
+    row's uses every training row. Features of (row, candidate c) for a group g of n_g counted rows:
+    log((count[g, c] + alpha * prior[c]) / (n_g + alpha)) and log(1 + n_g). A group never seen
+    (or the code -1) gives the class prior and 0."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def fit(self, codes: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, prior: np.ndarray):
+        self.n_classes, self.prior = n_classes, prior.astype(np.float64)
+        ok = codes >= 0
+        self.folds = np.unique(folds)
+        # (group, class) pair counts and group sizes, per fold: sorted keys + counts
+        self.pairs = {f: np.unique(codes[ok & (folds == f)] * n_classes + y[ok & (folds == f)], return_counts=True)
+                      for f in self.folds}
+        self.sizes = {f: np.unique(codes[ok & (folds == f)], return_counts=True) for f in self.folds}
+        return self
+
+    @staticmethod
+    def _lookup(table, keys):
+        k, c = table
+        if not len(k):
+            return np.zeros(keys.shape, np.float64)
+        i = np.clip(np.searchsorted(k, keys), 0, len(k) - 1)
+        return np.where(k[i] == keys, c[i], 0).astype(np.float64)
+
+    def features(self, codes: np.ndarray, cand: np.ndarray, row_folds: np.ndarray | None = None) -> list[np.ndarray]:
+        """Two n x top float32 arrays; row_folds (training rows): leave out each row's own fold."""
+        keys = codes[:, None].astype(np.int64) * self.n_classes + cand
+        cnt = sum(self._lookup(self.pairs[f], keys) for f in self.folds)
+        size = sum(self._lookup(self.sizes[f], codes) for f in self.folds)
+        if row_folds is not None:
+            for f in self.folds:
+                own = row_folds == f
+                if own.any():
+                    cnt[own] -= self._lookup(self.pairs[f], keys[own])
+                    size[own] -= self._lookup(self.sizes[f], codes[own])
+        cnt[codes < 0], size[codes < 0] = 0, 0
+        lp = np.log((cnt + self.alpha * self.prior[cand]) / (size[:, None] + self.alpha))
+        return [lp.astype(np.float32), np.broadcast_to(np.log1p(size)[:, None], cand.shape).astype(np.float32)]
 
 
 def row_meta(probs: list[np.ndarray], extra: np.ndarray | None) -> np.ndarray:
@@ -60,7 +110,8 @@ def row_meta(probs: list[np.ndarray], extra: np.ndarray | None) -> np.ndarray:
 
 class Stacker:
     def __init__(self, top: int = 20, hidden: int = 16, max_steps: int = 4000, lr: float = 0.01, batch_size: int = 1024,
-                 weight_decay: float = 1e-5, inner_frac: float = 0.1, patience: int = 8, seed: int = 0):
+                 weight_decay: float = 1e-5, inner_frac: float = 0.1, patience: int = 8, seed: int = 0,
+                 groups: tuple[str, ...] | list[str] = (), group_alpha: float = 1.0):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -81,16 +132,34 @@ class Stacker:
         torch.manual_seed(self.seed)
         return Net(n_feat, self.hidden)
 
+    def _group_codes(self, groups: np.ndarray | None, n: int) -> np.ndarray | None:
+        if not self.groups:
+            return None
+        if groups is None or groups.ndim != 2 or groups.shape != (n, len(self.groups)):
+            raise ValueError(f"stacker: groups {list(self.groups)} need an n x {len(self.groups)} code array, "
+                             f"got {None if groups is None else groups.shape}")
+        return groups
+
     def fit(self, probs: list[np.ndarray], y: np.ndarray, n_classes: int, extra: np.ndarray | None = None,
-            rows: np.ndarray | None = None, chunk: int = 8192):
+            rows: np.ndarray | None = None, chunk: int = 8192, groups: np.ndarray | None = None,
+            folds: np.ndarray | None = None):
         """Fit on `rows` (indices or a mask; default all) of probs / y / extra. Features are built
-        chunk by chunk from views of the heads' matrices: no copy of an n x classes matrix."""
+        chunk by chunk from views of the heads' matrices: no copy of an n x classes matrix.
+        groups: n x len(self.groups) int codes (-1: none); folds: each row's fold, so a training
+        row's group evidence leaves its own fold out (default: 5 seeded random parts)."""
         import torch
 
         t0 = time.time()
         rows = np.arange(len(y)) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
         cnt = np.bincount(y[rows], minlength=n_classes).astype(np.float64) + 1.0
         self.log_prior = np.log(cnt / cnt.sum()).astype(np.float32)
+        groups = self._group_codes(groups, len(y))
+        if groups is not None:
+            if folds is None:
+                folds = np.random.default_rng(self.seed).integers(0, 5, len(y))
+            self.group_priors = [GroupPrior(self.group_alpha).fit(groups[rows, g], y[rows], folds[rows], n_classes,
+                                                                   cnt / cnt.sum())
+                                 for g in range(groups.shape[1])]
         meta = np.concatenate([row_meta([P[rows[s:s + chunk]] for P in probs],
                                         None if extra is None else extra[rows[s:s + chunk]])
                                for s in range(0, len(rows), chunk)])
@@ -103,7 +172,9 @@ class Stacker:
             cand = candidates(part, self.top)
             hit = cand == y[r][:, None]
             keep = hit.any(1)
-            parts.append(pair_features([P[keep] for P in part], cand[keep], meta[s:s + chunk][keep], self.log_prior))
+            gf = [] if groups is None else [
+                f for g, gp in enumerate(self.group_priors) for f in gp.features(groups[r[keep], g], cand[keep], folds[r[keep]])]
+            parts.append(pair_features([P[keep] for P in part], cand[keep], meta[s:s + chunk][keep], self.log_prior, gf))
             targets.append(hit[keep].argmax(1))
         X = np.concatenate(parts)
         del parts
@@ -151,11 +222,13 @@ class Stacker:
         return self
 
     def predict_proba(self, probs: list[np.ndarray], extra: np.ndarray | None = None, rows: np.ndarray | None = None,
-                      batch: int = 8192) -> np.ndarray:
-        """Probabilities of `rows` (indices or a mask; default all), len(rows) x classes."""
+                      batch: int = 8192, groups: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities of `rows` (indices or a mask; default all), len(rows) x classes; groups
+        as in fit (their evidence: every level-2 training row)."""
         import torch
 
         n_classes = probs[0].shape[1]
+        groups = self._group_codes(groups, len(probs[0]))
         rows = np.arange(len(probs[0])) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
         out = np.zeros((len(rows), n_classes), np.float32)
         self.net.eval()
@@ -164,7 +237,9 @@ class Stacker:
             part = [P[r] for P in probs]
             cand = candidates(part, self.top)
             meta = (row_meta(part, None if extra is None else extra[r]) - self.meta_mean) / self.meta_std
-            X = (pair_features(part, cand, meta, self.log_prior) - self.mean) / self.std
+            gf = [] if groups is None else [f for g, gp in enumerate(self.group_priors)
+                                            for f in gp.features(groups[r, g], cand)]
+            X = (pair_features(part, cand, meta, self.log_prior, gf) - self.mean) / self.std
             with torch.no_grad():
                 p = torch.softmax(self.net(torch.from_numpy(X.astype(np.float32))), 1).numpy()
             np.put_along_axis(out[s:s + batch], cand, p, 1)
@@ -181,7 +256,8 @@ def make_stacker(params: dict) -> Stacker:
         raise DataError(f"config blend.stack: {exc}") from None
 
 
-def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None):
+def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
+              groups_test=None):
     """OOF of the stacker (fold k's from a stacker fit on the other folds' OOF rows) and its test
     probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
     from tqdm import tqdm
@@ -191,27 +267,63 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
     ks = sorted(set(folds[has].tolist()))
     for k in tqdm(ks, desc="stacker folds", mininterval=1):
         fit_rows, val_rows = has & (folds != k), has & (folds == k)
-        st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows)
-        oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows)
+        st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
+        oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
         info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "seconds": st.seconds})
-    st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has)
-    test = st.predict_proba(test_probs, extra_test)
+    st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has, groups=groups, folds=folds)
+    test = st.predict_proba(test_probs, extra_test, groups=groups_test)
     info.update(candidate_recall=round(st.recall, 4), seconds=round(time.time() - t0, 1))
     log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit in %.0fs",
              100 * st.recall, len(ks), info["seconds"])
     return oof, test, info
 
 
-def row_extra(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Row meta-features of train and test: has_image, log(1 + title chars), log(1 + description chars)."""
+def row_side(cfg: dict, groups=()) -> tuple:
+    """The stacker's row side information, each split read once: (extra, extra_test, groups,
+    groups_test). extra: has_image, log(1 + title chars), log(1 + description chars); groups:
+    group_codes of the `groups` specs (None when there are none)."""
     from .data import load_split
 
-    out = []
-    for split in ("train", "test"):
-        df = load_split(cfg["data_dir"], split)
+    frames = [load_split(cfg["data_dir"], split) for split in ("train", "test")]
+    extra = []
+    for df in frames:
         cols = [df["has_image"].to_numpy(np.float32)]
         for c in ("title", "description"):
             if c in df.columns:
                 cols.append(np.log1p(df[c].fillna("").astype(str).str.len().to_numpy(np.float32)))
-        out.append(np.stack(cols, 1))
+        extra.append(np.stack(cols, 1))
+    return (*extra, *group_codes(frames, groups))
+
+
+def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """n x len(names) int64 codes of group specs for the train and test frames, one code space over
+    both; a missing value is -1; (None, None) when names is empty. A spec is a column (shop_id),
+    column:n (its first n words, lower case: "title:1") or a*b (a joint key: "shop_id*title:1")."""
+    import pandas as pd
+
+    from .data import DataError
+
+    names = list(names or [])
+    if not names:
+        return None, None
+    out = [np.empty((len(f), len(names)), np.int64) for f in frames]
+
+    def values(name):
+        col, _, words = name.partition(":")
+        if any(col not in f.columns for f in frames) or (words and not words.isdigit()):
+            raise DataError(f"config blend.stack.groups: {name!r} is not a column, nor column:n (its first n "
+                            f"words), nor a*b of those; columns: {', '.join(frames[0].columns)}")
+        v = pd.concat([f[col] for f in frames], ignore_index=True)
+        if words:
+            v = v.fillna("").astype(str).str.lower().str.findall(r"\w+").str[:int(words)].str.join(" ")
+            v = v.where(v != "")
+        return v
+
+    for j, name in enumerate(names):
+        parts = [values(p) for p in str(name).split("*")]
+        joint = parts[0].astype("string")
+        for p in parts[1:]:
+            joint = joint + "\x1f" + p.astype("string")  # NA in any part: NA
+        codes, _ = pd.factorize(joint, use_na_sentinel=True)
+        out[0][:, j], out[1][:, j] = codes[:len(frames[0])], codes[len(frames[0]):]
     return out[0], out[1]
