@@ -222,3 +222,5 @@ def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):
     assert group_codes([train, test], []) == (None, None)
     with pytest.raises(DataError, match="not a column.*columns: product_id"):
         group_codes([train, test], ["brand"])
+    with pytest.raises(DataError, match="a list of group specs"):
+        group_codes([train, test], "shop_id")

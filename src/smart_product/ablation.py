@@ -97,10 +97,10 @@ def run_ablation(cfg: dict) -> list[dict]:
     def stack(label, heads, groups=True):
         t0 = time.time()
         params = {"seed": seed, **(bcfg.get("stack") or {})}
+        if not extras:  # the config's groups, whichever variant comes first
+            extras.extend(row_side(cfg, params.get("groups")))
         if not groups:
             params["groups"] = []
-        if not extras:
-            extras.extend(row_side(cfg, params.get("groups")))
         extra, extra_test, g, g_test = extras
         if not groups:
             g = g_test = None

@@ -303,6 +303,9 @@ def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
 
     from .data import DataError
 
+    if isinstance(names, str) or not isinstance(names or [], (list, tuple)):
+        raise DataError(f"config blend.stack.groups: a list of group specs (e.g. [shop_id, \"title:1\"]), "
+                        f"not {names!r}")
     names = list(names or [])
     if not names:
         return None, None
