@@ -227,6 +227,41 @@ def test_softmax_head_matches_sklearn_logistic_regression():
         SoftmaxHead(optimizer="sgd")
 
 
+def test_lazy_row_updates_are_the_textbook_adagrad_and_adam():
+    """The softmax head's lazy optimiser updates only the rows a batch touches, in place in buffers
+    reused across steps (growing and shrinking with the batch's columns): W and its state must equal
+    the textbook Adagrad / Adam updates of those rows, with every other row left alone."""
+    import torch
+
+    from smart_product.heads.softmax import LazyRows
+
+    gen = torch.Generator().manual_seed(0)
+    for opt in ("adagrad", "adam"):
+        W = torch.randn(50, 6, generator=gen)
+        ref, lazy = W.clone(), LazyRows(W, opt)
+        S, M, V = torch.zeros_like(W), torch.zeros_like(W), torch.zeros_like(W)
+        for t, n in enumerate([10, 30, 5, 50, 20], start=1):
+            u = torch.randperm(50, generator=gen)[:n].sort().values
+            g = torch.randn(n, 6, generator=gen)
+            before = W.clone()
+            Wu = lazy.select(u)
+            assert torch.equal(Wu, before[u]) and Wu.requires_grad
+            gd = g + 0.01 * ref[u]                         # with L2: weight_decay * W[u]
+            if opt == "adagrad":
+                S[u] += gd ** 2
+                ref[u] -= 0.3 * gd / (S[u].sqrt() + 1e-10)
+            else:
+                M[u] = 0.9 * M[u] + 0.1 * gd
+                V[u] = 0.999 * V[u] + 0.001 * gd ** 2
+                ref[u] -= 0.3 * (M[u] / (1 - 0.9 ** t)) / ((V[u] / (1 - 0.999 ** t)).sqrt() + 1e-8)
+            lazy.step(u, g.clone(), 0.3, weight_decay=0.01)
+            assert torch.allclose(W, ref, atol=1e-6), (opt, t)
+            untouched = torch.ones(50, dtype=torch.bool)
+            untouched[u] = False
+            assert torch.equal(W[untouched], before[untouched])
+        assert torch.allclose(lazy.state[0], S if opt == "adagrad" else M, atol=1e-6)
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_softmax_head_runs_on_cuda():
     from smart_product.heads import SoftmaxHead
