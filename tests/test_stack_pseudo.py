@@ -137,6 +137,36 @@ def test_knn_head_retrieves_an_exact_duplicate_class():
     assert np.allclose(empty[0], np.bincount(y, minlength=40) / 300, atol=1e-6)
 
 
+
+def test_listing_head_takes_the_same_shops_nearest_listing():
+    """`listing`: the class of the training listing of the same shop nearest in product-id rank;
+    another shop's listing, however near, never counts; a shop without training listings gets the
+    prior; the feature set ranks ids over train + test and codes shops alike in both splits."""
+    from smart_product.data import DataError
+    from smart_product.features import listing
+    from smart_product.heads import ListingHead
+
+    train = pd.DataFrame({"product_id": [10, 11, 12, 20, 21, 30, 31, 32], "shop_id": [1, 1, 1, 1, 1, 2, 2, 2]})
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    test = pd.DataFrame({"product_id": [13, 19, 22, 29, 40], "shop_id": [1, 1, 1, 1, 3]})
+    Xtr, Xte, names = listing(train, test, {"by": "shop_id"})
+    assert names == ["shop_code", "id_rank"] and Xtr.dtype == np.float32
+    assert Xtr[:, 1].tolist() == [0, 1, 2, 5, 6, 9, 10, 11] and Xte[:, 1].tolist() == [3, 4, 7, 8, 12]
+    assert Xte[:, 0].tolist()[:4] == [Xtr[0, 0]] * 4 and Xte[4, 0] not in Xtr[:, 0]
+    head = ListingHead(n_neighbors=1, alpha=0.5).fit(Xtr, y, 5)
+    P = head.predict_proba(Xte)
+    assert P.shape == (5, 5) and np.allclose(P.sum(1), 1, atol=1e-6)
+    # 13 -> 12 (class 0); 19 -> 20 (class 1); 22 -> 21 (class 1); 29: shop 1's nearest is 21 (class 1),
+    # not shop 2's 30 next to it
+    assert P[:4].argmax(1).tolist() == [0, 1, 1, 1]
+    assert np.allclose(P[4], np.bincount(y, minlength=5) / len(y))   # shop 3: no training listing
+    three = ListingHead(n_neighbors=3).fit(Xtr, y, 5).predict_proba(Xte[:1])   # 12; 11 and 20 (2 ranks away)
+    assert three[0, :2] == pytest.approx([(2 + 0.5 * 3 / 8) / 3.5, (1 + 0.5 * 2 / 8) / 3.5])
+    with pytest.raises(DataError, match="listing feature set alone"):
+        head.predict_proba(np.zeros((2, 3), np.float32))
+    with pytest.raises(DataError, match="no column 'seller'"):
+        listing(train, test, {"by": "seller", "name": "listing"})
+
 CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}",
          "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 200}, calibrate: true}}",
          "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}"]

@@ -7,7 +7,8 @@ Rows, each with OOF and test weighted F1 (test only where DATA/solution.csv exis
   (calibrated where the head has `calibrate: true`), and with the calibration undone (each fold's
   temperature inverted: the calibration on/off pair);
 - + the kNN heads; + the pseudo-label rounds (= every head);
-- the stacker over every head, without the kNN heads, without the pseudo-label rounds;
+- the stacker over every head, without the kNN heads, without the pseudo-label rounds, without the
+  listing heads;
 - logit adjustment tau = 0.5 and 1 on the best head (post hoc, each fold's own class prior).
 Writes {out_dir}/bench/ablation.json and ablation.md.
 """
@@ -125,6 +126,9 @@ def run_ablation(cfg: dict) -> list[dict]:
             rows.append(stack("  ... without the kNN heads", base + pseudo))
         if pseudo and len(base + knn) > 1:
             rows.append(stack("  ... without the pseudo-label rounds", base + knn))
+        listing = [n for n in names if kind[n] == "listing"]
+        if listing and len(names) - len(listing) > 1:
+            rows.append(stack("  ... without the listing head", [n for n in names if n not in listing]))
     priors = fold_priors(y, np.where(has, folds, -1), len(classes))
     for tau in (0.5, 1.0):
         oof = runs[best]["oof"].copy()

@@ -6,7 +6,8 @@
 - softmax.py     `softmax` (torch multinomial logistic regression / one-hidden-layer net over TF-IDF)
 - mlp.py         `mlp` (the seed's MLP over dense features)
 - trees.py       `catboost`
-- neighbours.py  `knn` (cosine neighbours over TF-IDF / embeddings), `lfda_knn` (the seed's LFDA + kNN)
+- neighbours.py  `knn` (cosine neighbours over TF-IDF / embeddings), `lfda_knn` (the seed's LFDA + kNN),
+                 `listing` (the same shop's listings nearest in product id)
 - calibrate.py   temperature scaling on an inner split, logit adjustment
 - pseudo.py      pseudo-labels for round r from fold-k models only
 - tune.py        Optuna search of a head's params (`make tune`)
@@ -19,12 +20,12 @@ from ..data import DataError
 from .common import BlockStacker, scores
 from .linear import LinearHead, LogRegHead
 from .mlp import MLPHead
-from .neighbours import KnnHead, LfdaKnnHead, make_lfda
+from .neighbours import KnnHead, LfdaKnnHead, ListingHead, make_lfda
 from .softmax import SoftmaxHead
 from .trees import CatBoostHead
 
 HEADS = {"logreg": LogRegHead, "linear": LinearHead, "softmax": SoftmaxHead, "catboost": CatBoostHead,
-         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead}
+         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead, "listing": ListingHead}
 
 
 def make_head(kind: str, params: dict | None, seed: int = 0):
@@ -42,5 +43,5 @@ from .loop import head_configs, head_names, run_head, train_heads  # noqa: E402 
 from .tune import tune_head  # noqa: E402
 
 __all__ = ["HEADS", "make_head", "run_head", "train_heads", "tune_head", "head_configs", "head_names", "scores",
-           "BlockStacker", "LinearHead", "LogRegHead", "MLPHead", "KnnHead", "LfdaKnnHead", "SoftmaxHead",
+           "BlockStacker", "LinearHead", "LogRegHead", "MLPHead", "KnnHead", "LfdaKnnHead", "ListingHead", "SoftmaxHead",
            "CatBoostHead", "make_lfda"]

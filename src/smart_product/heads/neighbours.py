@@ -1,5 +1,6 @@
-"""Neighbour heads: `lfda_knn` (the seed's imbalanced-learn + metric-learn pipeline) and `knn`
-(cosine neighbours over sparse TF-IDF and/or embeddings: a head that recognises listings it has seen)."""
+"""Neighbour heads: `lfda_knn` (the seed's imbalanced-learn + metric-learn pipeline), `knn`
+(cosine neighbours over sparse TF-IDF and/or embeddings: a head that recognises listings it has seen)
+and `listing` (the same shop's listings nearest in product id: sellers list in batches)."""
 from __future__ import annotations
 
 import warnings
@@ -150,3 +151,62 @@ class KnnHead:
         total = scores.sum(1, keepdims=True)
         P = np.where(total > 0, (1 - self.alpha) * scores / np.maximum(total, 1e-30), 0) + self.alpha * self.prior
         return (P / P.sum(1, keepdims=True)).astype(np.float32)
+
+
+class ListingHead:
+    """Neighbours in listing order (`kind: listing`, over a `listing` feature set: shop code, id rank):
+    the classes of the `n_neighbors` training listings of the same shop nearest in product-id rank,
+
+        P = (sum over those neighbours of onehot(class) + alpha * prior) / (n found + alpha)
+
+    A row whose shop has no training listing gets the prior. Alone it is weak (ozon OOF 0.53); it
+    carries what no text head sees, the seller's upload batches, and the stacker weighs it. On a
+    catalogue whose ids carry no order it is the prior plus noise, and the held-out rule leaves it out."""
+
+    def __init__(self, n_neighbors: int = 1, alpha: float = 0.5, seed: int = 0):
+        from ..data import DataError
+
+        if int(n_neighbors) < 1 or float(alpha) <= 0:
+            raise DataError(f"config heads (listing): n_neighbors must be >= 1 and alpha > 0, not "
+                            f"{n_neighbors} and {alpha}")
+        self.n_neighbors, self.alpha, self.seed = int(n_neighbors), float(alpha), seed
+
+    @staticmethod
+    def _keys(X):
+        from ..data import DataError
+
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != 2:
+            raise DataError(f"listing head: needs the listing feature set alone (shop code, id rank), got "
+                            f"{X.shape[1] if X.ndim == 2 else X.ndim} columns")
+        shop, rank = X[:, 0].astype(np.int64), X[:, 1].astype(np.int64)
+        return shop, rank, shop << 32 | rank
+
+    def fit(self, X, y, n_classes):
+        shop, rank, key = self._keys(X)
+        order = np.argsort(key, kind="stable")
+        self.key, self.shop, self.rank, self.y = key[order], shop[order], rank[order], np.asarray(y)[order]
+        self.n_classes = n_classes
+        self.prior = (np.bincount(self.y, minlength=n_classes) / len(self.y)).astype(np.float32)
+        return self
+
+    def neighbours(self, X):
+        """(indices into the sorted training rows, found mask), n_rows x n_neighbors, nearest first:
+        the k nearest of a shop's listings lie among the k on each side of the row's place."""
+        shop, rank, key = self._keys(X)
+        k, n = self.n_neighbors, len(self.key)
+        idx = np.searchsorted(self.key, key)[:, None] + np.arange(-k, k)[None, :]
+        ok = (idx >= 0) & (idx < n)
+        idx = np.clip(idx, 0, n - 1)
+        ok &= self.shop[idx] == shop[:, None]
+        dist = np.where(ok, np.abs(self.rank[idx] - rank[:, None]), np.iinfo(np.int64).max)
+        near = np.argsort(dist, 1, kind="stable")[:, :k]
+        return np.take_along_axis(idx, near, 1), np.take_along_axis(ok, near, 1)
+
+    def predict_proba(self, X):
+        idx, found = self.neighbours(X)
+        counts = np.zeros((len(idx), self.n_classes), np.float32)
+        rows = np.repeat(np.arange(len(idx)), idx.shape[1])
+        np.add.at(counts, (rows, self.y[idx].ravel()), found.ravel().astype(np.float32))
+        P = (counts + self.alpha * self.prior) / (found.sum(1, keepdims=True) + self.alpha)
+        return P.astype(np.float32)
