@@ -164,6 +164,10 @@ def test_listing_head_takes_the_same_shops_nearest_listing():
     assert three[0, :2] == pytest.approx([(2 + 0.5 * 3 / 8) / 3.5, (1 + 0.5 * 2 / 8) / 3.5])
     with pytest.raises(DataError, match="listing feature set alone"):
         head.predict_proba(np.zeros((2, 3), np.float32))
+    missing = listing(train.assign(brand=["a"] * 7 + [None]), test.assign(brand=[None, None, "a", "a", "b"]),
+                      {"by": "brand"})
+    codes = np.concatenate([missing[0][:, 0], missing[1][:, 0]])   # each missing value: a list of its own
+    assert len(set(codes[[7, 8, 9]])) == 3 and codes[10] == codes[0] and len(set(codes)) == 5
     with pytest.raises(DataError, match="no column 'seller'"):
         listing(train, test, {"by": "seller", "name": "listing"})
 

@@ -222,6 +222,8 @@ def listing(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     if by is not None and by not in both.columns:
         raise DataError(f"config features.sets.{opts.get('name', 'listing')}.by: no column {by!r} in the data")
     shop = pd.factorize(both[by])[0] if by is not None else np.zeros(len(both), np.int64)
+    missing = shop < 0  # no value: a list of its own, so missing values are nobody's neighbours
+    shop[missing] = shop.max(initial=-1) + 1 + np.arange(missing.sum())
     rank = np.empty(len(both), np.int64)
     rank[np.argsort(both[ID].to_numpy(), kind="stable")] = np.arange(len(both))
     X = np.stack([shop, rank], 1).astype(np.float32)

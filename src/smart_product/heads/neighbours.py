@@ -161,7 +161,7 @@ class ListingHead:
 
     A row whose shop has no training listing gets the prior. Alone it is weak (ozon OOF 0.53); it
     carries what no text head sees, the seller's upload batches, and the stacker weighs it. On a
-    catalogue whose ids carry no order it is the prior plus noise, and the held-out rule leaves it out."""
+    catalogue whose ids carry no order it is the shop's class mix at best."""
 
     def __init__(self, n_neighbors: int = 1, alpha: float = 0.5, seed: int = 0):
         from ..data import DataError
