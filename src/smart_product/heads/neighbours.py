@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from ..data import DataError
 from .common import _expand
 
 
@@ -164,8 +165,6 @@ class ListingHead:
     catalogue whose ids carry no order it is the shop's class mix at best."""
 
     def __init__(self, n_neighbors: int = 1, alpha: float = 0.5, seed: int = 0):
-        from ..data import DataError
-
         if int(n_neighbors) < 1 or float(alpha) <= 0:
             raise DataError(f"config heads (listing): n_neighbors must be >= 1 and alpha > 0, not "
                             f"{n_neighbors} and {alpha}")
@@ -173,8 +172,6 @@ class ListingHead:
 
     @staticmethod
     def _keys(X):
-        from ..data import DataError
-
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != 2:
             raise DataError(f"listing head: needs the listing feature set alone (shop code, id rank), got "
