@@ -4,9 +4,10 @@
         --out runs/i11-ozon-clean none shop_id title:1 shop_id,title:1,title:2 shop_id,title:1,title:2@3
 
 A variant is `none` or comma-separated group specs (blend.stack.groups syntax), optionally
-`@alpha` (group_alpha) and `~hidden` (hidden units). Each runs stack.cross_fit (fold k's stacker
-fit on the other folds) and prints OOF weighted F1, and test weighted F1 when the data folder has
-solution.csv (for reporting; choose by OOF).
+`@alpha` (group_alpha), `~hidden` (hidden units) and `#bags` (nets averaged, each early-stopped
+on its own inner split). Each runs stack.cross_fit (fold k's stacker fit on the other folds) and
+prints OOF weighted F1, and test weighted F1 when the data folder has solution.csv (for
+reporting; choose by OOF).
 """
 import argparse
 import json
@@ -46,11 +47,13 @@ def main():
         if sol.is_file() else None
     print("heads:", ", ".join(heads))
     for v in a.variants:
-        spec, _, hidden = v.partition("~")
+        v_, _, bags = v.partition("#")
+        spec, _, hidden = v_.partition("~")
         spec, _, alpha = spec.partition("@")
         params = {"seed": int(cfg.get("seed", 0)), **(cfg["blend"].get("stack") or {}),
                   "groups": [] if spec == "none" else spec.split(",")}
-        params.update({"hidden": int(hidden)} if hidden else {}, **({"group_alpha": float(alpha)} if alpha else {}))
+        params.update({"hidden": int(hidden)} if hidden else {}, **({"group_alpha": float(alpha)} if alpha else {}),
+                      **({"bags": int(bags)} if bags else {}))
         extra, extra_test, g, g_test = row_side(cfg, params["groups"])
         t0 = time.time()
         oof, test, _ = cross_fit(oofs, tests, y, folds, has, len(classes), params, extra, extra_test, g, g_test)

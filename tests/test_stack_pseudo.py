@@ -57,8 +57,8 @@ def test_stacker_scales_with_classes_not_weights_per_class():
     st = Stacker(top=15, hidden=8, max_steps=50).fit(probs, y, c)
     small = Stacker(top=15, hidden=8, max_steps=50).fit([p[:, :30] / p[:, :30].sum(1, keepdims=True) for p in probs],
                                                       np.minimum(y, 29), 30)
-    n_params = sum(p.numel() for p in st.net.parameters())
-    assert n_params == sum(p.numel() for p in small.net.parameters()) < 2000
+    n_params = sum(p.numel() for p in st.nets[0].parameters())
+    assert n_params == sum(p.numel() for p in small.nets[0].parameters()) < 2000
     assert st.predict_proba(probs).shape == (600, 900)
 
 
@@ -224,6 +224,8 @@ def test_unknown_stacker_setting_is_a_config_error():
 
     with pytest.raises(DataError, match="config blend.stack"):
         make_stacker({"topp": 10})
+    with pytest.raises(DataError, match="bags"):
+        make_stacker({"bags": 0})
 
 
 def test_blend_logit_adjust_grid_that_is_not_numbers_is_a_config_error():
@@ -258,3 +260,30 @@ def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):
         group_codes([train, test], ["brand"])
     with pytest.raises(DataError, match="a list of group specs"):
         group_codes([train, test], "shop_id")
+
+
+def test_bagged_stacker_averages_nets_early_stopped_on_their_own_inner_splits():
+    """bags=3: three nets (one per inner split and seed), the prediction is their mean; `auto`
+    uses more nets on fewer rows (at most 5, at least 1); a bad value is an error."""
+    import torch
+
+    probs, y, _, c = _synthetic_heads(n=600)
+    params = dict(top=10, hidden=8, max_steps=150, batch_size=128, seed=3)
+    st = Stacker(bags=3, **params).fit(probs, y, c)
+    assert len(st.nets) == 3 and len(st.steps) == 3
+    one = Stacker(bags=1, **params).fit(probs, y, c)
+    first = st.nets[0].state_dict()
+    assert all(torch.equal(first[k], v) for k, v in one.nets[0].state_dict().items())  # net 0 = the unbagged net
+    assert not torch.equal(first["linear.weight"], st.nets[1].state_dict()["linear.weight"])
+    P = st.predict_proba(probs)
+    parts = []
+    for net in st.nets:
+        st.nets, saved = [net], st.nets
+        parts.append(st.predict_proba(probs))
+        st.nets = saved
+    assert np.allclose(P, sum(parts) / 3, atol=1e-6)
+    auto = Stacker(bags="auto", bag_rows=100_000)
+    assert (auto.n_bags(600), auto.n_bags(30_000), auto.n_bags(72_760), auto.n_bags(10**6)) == (5, 3, 1, 1)
+    for bad in (0, 1.5, "many", True):
+        with pytest.raises(ValueError):
+            Stacker(bags=bad)

@@ -13,7 +13,8 @@ all classes, instead of one weight per head x class x class:
   and log(1 + group size), counted on level-2 training rows of *other folds* than the row's own
   (GroupPrior), so a row's group evidence never includes its own label;
 - model: score = linear + one small ReLU layer over the standardised features, a softmax over
-  the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small).
+  the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small), early-stopped on
+  an inner split; `bags` nets on different inner splits averaged (`auto`: more nets on fewer rows).
 
 Fold discipline (DESIGN.md, one level up): the stacker that predicts fold k's rows is fit only
 on OOF rows of the other folds; the test rows are predicted by one stacker fit on all OOF rows,
@@ -111,11 +112,23 @@ def row_meta(probs: list[np.ndarray], extra: np.ndarray | None) -> np.ndarray:
 class Stacker:
     def __init__(self, top: int = 20, hidden: int = 16, max_steps: int = 4000, lr: float = 0.01, batch_size: int = 1024,
                  weight_decay: float = 1e-5, inner_frac: float = 0.1, patience: int = 8, seed: int = 0,
-                 groups: tuple[str, ...] | list[str] = (), group_alpha: float = 1.0):
+                 groups: tuple[str, ...] | list[str] = (), group_alpha: float = 1.0, bags: int | str = 1,
+                 bag_rows: int = 100_000):
         self.__dict__.update(locals())
         del self.__dict__["self"]
+        if not (bags == "auto" or (isinstance(bags, int) and not isinstance(bags, bool) and bags >= 1)):
+            raise ValueError(f"bags must be a whole number >= 1 or 'auto', not {bags!r}")
 
-    def _net(self, n_feat):
+    def n_bags(self, n_rows: int) -> int:
+        """Nets to average. `auto`: bag_rows // n_rows, between 1 and 5. Each net early-stops on
+        its own 10% inner split, which on a small catalogue is a few dozen rows and picks a noisy
+        stopping point; averaging nets over several splits removes that noise. Cost grows with rows
+        x nets, so the bound keeps a bagged small fit below one large fit (ozon: 1 net a fold fit)."""
+        if self.bags != "auto":
+            return int(self.bags)
+        return int(np.clip(self.bag_rows // max(n_rows, 1), 1, 5))
+
+    def _net(self, n_feat, seed):
         import torch
         from torch import nn
 
@@ -129,8 +142,47 @@ class Stacker:
                 z = self.linear(x)
                 return (z + self.mlp(x) if self.mlp is not None else z).squeeze(-1)
 
-        torch.manual_seed(self.seed)
+        torch.manual_seed(seed)
         return Net(n_feat, self.hidden)
+
+    def _train(self, Xt, target, seed):
+        """One net, early-stopped on an inner split (drawn with `seed`) of the level-2 training rows
+        (never the rows it will predict): the right number of steps differs by 10x between 1,000
+        and 70,000 rows. Returns (net, steps, best inner loss)."""
+        import torch
+
+        net = self._net(Xt.shape[-1], seed)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        rng = np.random.default_rng(seed)
+        is_val = rng.random(len(Xt)) < self.inner_frac
+        tr, va = torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(np.flatnonzero(is_val))
+        every = max(25, min(200, len(tr) // self.batch_size))
+        best, best_state, bad, step = np.inf, None, 0, 0
+        while step < self.max_steps and bad < self.patience:
+            perm = tr[torch.from_numpy(rng.permutation(len(tr)))]
+            for s in range(0, len(perm), self.batch_size):
+                net.train()
+                b = perm[s:s + self.batch_size]
+                loss = torch.nn.functional.cross_entropy(net(Xt[b]), target[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step % every == 0 and len(va):
+                    net.eval()
+                    with torch.no_grad():
+                        v = torch.nn.functional.cross_entropy(net(Xt[va]), target[va]).item()
+                    if v < best - 1e-4:
+                        best, bad = v, 0
+                        best_state = {k: t.clone() for k, t in net.state_dict().items()}
+                    else:
+                        bad += 1
+                if step >= self.max_steps or bad >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        return net, step, best
 
     def _group_codes(self, groups: np.ndarray | None, n: int) -> np.ndarray | None:
         if not self.groups:
@@ -185,39 +237,13 @@ class Stacker:
         X /= self.std
         Xt = torch.from_numpy(X)
         target = torch.from_numpy(np.concatenate(targets))
-        self.net = self._net(X.shape[-1])
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        # early stopping on an inner split of the level-2 training rows (never the rows it will
-        # predict): the right number of steps differs by 10x between 1,000 and 70,000 rows
-        rng = np.random.default_rng(self.seed)
-        is_val = rng.random(len(Xt)) < self.inner_frac
-        tr, va = torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(np.flatnonzero(is_val))
-        every = max(25, min(200, len(tr) // self.batch_size))
-        best, best_state, bad, step = np.inf, None, 0, 0
-        while step < self.max_steps and bad < self.patience:
-            perm = tr[torch.from_numpy(rng.permutation(len(tr)))]
-            for s in range(0, len(perm), self.batch_size):
-                self.net.train()
-                b = perm[s:s + self.batch_size]
-                loss = torch.nn.functional.cross_entropy(self.net(Xt[b]), target[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if step % every == 0 and len(va):
-                    self.net.eval()
-                    with torch.no_grad():
-                        v = torch.nn.functional.cross_entropy(self.net(Xt[va]), target[va]).item()
-                    if v < best - 1e-4:
-                        best, bad = v, 0
-                        best_state = {k: t.clone() for k, t in self.net.state_dict().items()}
-                    else:
-                        bad += 1
-                if step >= self.max_steps or bad >= self.patience:
-                    break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.steps, self.inner_loss = step, best
+        self.nets, steps, losses = [], [], []
+        for b in range(self.n_bags(len(rows))):
+            net, step, loss = self._train(Xt, target, self.seed + b)
+            self.nets.append(net)
+            steps.append(step)
+            losses.append(loss)
+        self.steps, self.inner_loss = steps, losses
         self.seconds = round(time.time() - t0, 2)
         return self
 
@@ -231,7 +257,6 @@ class Stacker:
         groups = self._group_codes(groups, len(probs[0]))
         rows = np.arange(len(probs[0])) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
         out = np.zeros((len(rows), n_classes), np.float32)
-        self.net.eval()
         for s in range(0, len(rows), batch):
             r = rows[s:s + batch]
             part = [P[r] for P in probs]
@@ -240,8 +265,9 @@ class Stacker:
             gf = [] if groups is None else [f for g, gp in enumerate(self.group_priors)
                                             for f in gp.features(groups[r, g], cand)]
             X = (pair_features(part, cand, meta, self.log_prior, gf) - self.mean) / self.std
+            X = torch.from_numpy(X.astype(np.float32))
             with torch.no_grad():
-                p = torch.softmax(self.net(torch.from_numpy(X.astype(np.float32))), 1).numpy()
+                p = sum(torch.softmax(net(X), 1) for net in self.nets).numpy() / len(self.nets)
             np.put_along_axis(out[s:s + batch], cand, p, 1)
         return out
 
@@ -252,7 +278,7 @@ def make_stacker(params: dict) -> Stacker:
 
     try:
         return Stacker(**params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise DataError(f"config blend.stack: {exc}") from None
 
 
@@ -269,12 +295,13 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
         fit_rows, val_rows = has & (folds != k), has & (folds == k)
         st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
         oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
-        info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "seconds": st.seconds})
+        info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
+                              "seconds": st.seconds})
     st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has, groups=groups, folds=folds)
     test = st.predict_proba(test_probs, extra_test, groups=groups_test)
-    info.update(candidate_recall=round(st.recall, 4), seconds=round(time.time() - t0, 1))
-    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit in %.0fs",
-             100 * st.recall, len(ks), info["seconds"])
+    info.update(candidate_recall=round(st.recall, 4), nets=len(st.nets), seconds=round(time.time() - t0, 1))
+    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit (%d net(s) "
+             "each) in %.0fs", 100 * st.recall, len(ks), len(st.nets), info["seconds"])
     return oof, test, info
 
 
