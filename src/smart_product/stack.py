@@ -121,7 +121,7 @@ class Stacker:
 
     def n_bags(self, n_rows: int) -> int:
         """Nets to average. `auto`: bag_rows // n_rows, between 1 and 5. Each net early-stops on
-        its own 10% inner split, which on a small catalogue is a few dozen rows and picks a noisy
+        its own inner split (inner_frac), which on a small catalogue is a few dozen rows and picks a noisy
         stopping point; averaging nets over several splits removes that noise. Cost grows with rows
         x nets, so the bound keeps a bagged small fit below one large fit (ozon: 1 net a fold fit)."""
         if self.bags != "auto":
@@ -237,13 +237,8 @@ class Stacker:
         X /= self.std
         Xt = torch.from_numpy(X)
         target = torch.from_numpy(np.concatenate(targets))
-        self.nets, steps, losses = [], [], []
-        for b in range(self.n_bags(len(rows))):
-            net, step, loss = self._train(Xt, target, self.seed + b)
-            self.nets.append(net)
-            steps.append(step)
-            losses.append(loss)
-        self.steps, self.inner_loss = steps, losses
+        fits = [self._train(Xt, target, self.seed + b) for b in range(self.n_bags(len(rows)))]
+        self.nets, self.steps, self.inner_loss = (list(v) for v in zip(*fits))
         self.seconds = round(time.time() - t0, 2)
         return self
 
