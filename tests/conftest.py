@@ -37,3 +37,40 @@ def copy_data(tmp_path, demo_dir):
             (out / "images").symlink_to(demo_dir / "images")
         return out
     return _copy
+
+
+@pytest.fixture
+def fit_heads():
+    """Folds (made, or copied from `folds_csv`), features and every head of a config, into `out`."""
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+    from smart_product.heads import train_heads
+
+    def _fit(data_dir, out, overrides, folds_csv=None):
+        cfg = load_config(None, [f"out_dir={out}", *overrides], str(data_dir))
+        if folds_csv is None:
+            make_folds(cfg)
+        else:
+            (Path(out) / "folds").mkdir(parents=True, exist_ok=True)
+            (Path(out) / "folds" / "folds.csv").write_bytes(Path(folds_csv).read_bytes())
+        make_features(cfg)
+        return cfg, train_heads(cfg)
+    return _fit
+
+
+@pytest.fixture
+def permute_fold(demo_dir, copy_data):
+    """The demo data with fold k's labels permuted among its rows (the folds of `folds_csv`):
+    returns (data dir, each train row's fold, fold k's row positions)."""
+    import numpy as np
+
+    def _permute(folds_csv, k):
+        folds = pd.read_csv(folds_csv)
+        train = pd.read_parquet(demo_dir / "train.parquet")
+        fold_of = folds.set_index("product_id").loc[train.product_id, "fold"].to_numpy()
+        rows = np.flatnonzero(fold_of == k)
+        permuted = train.copy()
+        permuted.loc[rows, "category_id"] = np.random.default_rng(0).permutation(train.category_id.to_numpy()[rows])
+        assert (permuted.category_id != train.category_id).sum() > len(rows) // 2
+        return copy_data(train=permuted), fold_of, rows
+    return _permute

@@ -291,3 +291,39 @@ def test_softmax_head_c_sets_the_l2_strength_by_rows():
     head = SoftmaxHead(C=0.5, loss="squared_hinge", epochs=2).fit([X[:300]], y[:300], 8)
     assert head.weight_decay == pytest.approx(1 / (0.5 * 300))
     assert (head.predict_proba([X[300:]]).argmax(1) == y[300:]).mean() > 0.5
+
+
+ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
+                   " tfidf_sparse: {kind: tfidf_sparse}, listing: {kind: listing, by: shop_id}}")
+ALL_KINDS = ("heads={"
+             "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 100}, calibrate: true},"
+             "linear: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true,"
+             "  test_from: full},"
+             "softmax: {kind: softmax, features: [tfidf_sparse], params: {hidden: 32, epochs: 2, batch_size: 256}},"
+             "mlp: {kind: mlp, features: [tabular, tfidf], params: {hidden: [64], max_epochs: 8, patience: 3}},"
+             "catboost: {kind: catboost, features: [tabular, tfidf], params: {reduce: lfda, dim: 8, iterations: 15,"
+             "  depth: 3}},"
+             "lfda_knn: {kind: lfda_knn, features: [tfidf], params: {pca_dim: 16, n_components: 8}},"
+             "knn: {kind: knn, features: [tfidf_sparse], calibrate: true},"
+             "listing: {kind: listing, features: [listing]}}")
+
+
+def test_every_head_kind_predicts_fold_k_without_fold_k_labels(demo_dir, fit_heads, permute_fold, tmp_path):
+    """The fold rule for every kind of head, by its effect: permuting fold 2's labels (same folds,
+    same label-free features) leaves fold 2's OOF predictions unchanged. Folds 0 and 1 train on
+    fold 2's rows, so state carried from one fold's model to the next (a weight tensor shared and
+    trained in place, a cache keyed without the fold) would show here; the spy test above only
+    sees which rows a model is given."""
+    from smart_product.heads import HEADS
+
+    overrides = [ALL_KINDS_FEATS, ALL_KINDS, "pseudo.rounds=0"]
+    _, metrics = fit_heads(demo_dir, tmp_path / "a", overrides)
+    assert set(metrics) == set(HEADS)                      # every registered kind is covered
+    folds_csv = tmp_path / "a" / "folds" / "folds.csv"
+    data_b, fold_of, k2 = permute_fold(folds_csv, 2)
+    fit_heads(data_b, tmp_path / "b", overrides, folds_csv)
+    for head in HEADS:
+        a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
+        b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
+        assert np.allclose(a[k2], b[k2], atol=1e-5), head
+        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-5), head   # fold 0's models saw fold 2

@@ -1,7 +1,5 @@
 """Stacking, pseudo-labels, calibration and the kNN head: fold discipline and real behaviour."""
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,39 +174,18 @@ CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim:
          "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}"]
 
 
-def _train(data_dir, out, folds_csv=None):
-    from smart_product.config import load_config
-    from smart_product.features import make_features
-    from smart_product.folds import make_folds
-    from smart_product.heads import train_heads
-
-    cfg = load_config(None, [f"out_dir={out}", *CHEAP], str(data_dir))
-    if folds_csv is None:
-        make_folds(cfg)
-    else:
-        (Path(out) / "folds").mkdir(parents=True, exist_ok=True)
-        shutil.copy(folds_csv, Path(out) / "folds" / "folds.csv")
-    make_features(cfg)
-    return cfg, train_heads(cfg)
-
-
-def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, copy_data, tmp_path):
+def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, fit_heads, permute_fold, tmp_path):
     """Permuting fold 1's labels (same folds, same label-free features) changes nothing in fold 1's
     OOF predictions of either round: its models and its pseudo-labels come from folds != 1."""
-    cfg, metrics = _train(demo_dir, tmp_path / "a")
+    _, metrics = fit_heads(demo_dir, tmp_path / "a", CHEAP)
     assert {"lr", "lr_pl1", "lr_pl2"} <= set(metrics)
     m1 = metrics["lr_pl1"]
     assert all(f["pseudo_rows"] > 0 for f in m1["folds"]) and m1["overall"]["weighted_f1"] > 0.5
     assert all(f["pseudo_rows"] == 0 for f in metrics["lr"]["folds"])
     assert "logloss_raw" in metrics["lr"]["overall"]
-    folds = pd.read_csv(tmp_path / "a" / "folds" / "folds.csv")
-    train = pd.read_parquet(demo_dir / "train.parquet")
-    fold_of = folds.set_index("product_id").loc[train.product_id, "fold"].to_numpy()
-    k1 = np.flatnonzero(fold_of == 1)
-    permuted = train.copy()
-    permuted.loc[k1, "category_id"] = np.random.default_rng(0).permutation(train.category_id.to_numpy()[k1])
-    assert (permuted.category_id != train.category_id).sum() > 50
-    _train(copy_data(train=permuted), tmp_path / "b", tmp_path / "a" / "folds" / "folds.csv")
+    folds_csv = tmp_path / "a" / "folds" / "folds.csv"
+    data_b, fold_of, k1 = permute_fold(folds_csv, 1)
+    fit_heads(data_b, tmp_path / "b", CHEAP, folds_csv)
     for head in ("lr", "lr_pl1", "lr_pl2"):
         a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
         b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
