@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,8 +63,6 @@ def fit_heads():
 def permute_fold(demo_dir, copy_data):
     """The demo data with fold k's labels permuted among its rows (the folds of `folds_csv`):
     returns (data dir, each train row's fold, fold k's row positions)."""
-    import numpy as np
-
     def _permute(folds_csv, k):
         folds = pd.read_csv(folds_csv)
         train = pd.read_parquet(demo_dir / "train.parquet")
