@@ -295,8 +295,9 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
     st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has, groups=groups, folds=folds)
     test = st.predict_proba(test_probs, extra_test, groups=groups_test)
     info.update(candidate_recall=round(st.recall, 4), nets=len(st.nets), seconds=round(time.time() - t0, 1))
-    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits + 1 full fit (%d net(s) "
-             "each) in %.0fs", 100 * st.recall, len(ks), len(st.nets), info["seconds"])
+    fold_nets = "/".join(str(n) for n in sorted({f["nets"] for f in info["folds"]}))
+    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each) + 1 full "
+             "fit (%d) in %.0fs", 100 * st.recall, len(ks), fold_nets, len(st.nets), info["seconds"])
     return oof, test, info
 
 
