@@ -57,21 +57,3 @@ def test_peers_above_200_classes_are_linear_svc_only():
     with pytest.raises(ValueError, match="unknown"):
         bench_mod.peer_names({"peers": ["xgb"]}, 10)
 
-
-def test_title_twins_predicts_each_row_by_its_twins_majority_leaving_it_out():
-    import importlib.util
-    from pathlib import Path
-
-    import numpy as np
-    import pandas as pd
-
-    path = Path(__file__).parents[1] / "benchmarks" / "title_twins.py"
-    spec = importlib.util.spec_from_file_location("title_twins", path)
-    twins = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(twins)
-    keys = pd.Series(["a", "a", "a", "b", "b", "c", None, "d"]).dropna()   # row 6: no title
-    y = np.array([1, 1, 2, 3, 4, 5, 5, 5])
-    out = twins.twin_majority(keys, y)
-    # rows 0, 1: the others are {1, 2} / {1, 2}, a tie, the smaller wins: right; row 2: {1, 1}: wrong;
-    # rows 3, 4: one twin of another class; rows 5-7: no twin
-    np.testing.assert_array_equal(out, [1, 1, 0, 0, 0, np.nan, np.nan, np.nan])

@@ -37,8 +37,25 @@ def test_eda_writes_report_and_plot(demo_dir, make_cfg):
     text = report.read_text()
     assert "singleton classes: 5" in text and "missing: 4, corrupt: 2" in text
     assert "## Near-duplicate listings" in text and "**grouped by near-duplicate cluster**" in text
+    assert "## Identical titles, different categories" in text
     assert (report.parent / "eda.png").stat().st_size > 10_000
     assert len(pd.read_csv(report.parent / "images_broken.csv")) == 6
+
+
+def test_title_twins_predicts_each_row_by_its_twins_majority_leaving_it_out():
+    from smart_product.eda import title_twins, twin_majority
+
+    keys = pd.Series(["a", "a", "a", "b", "b", "c", None, "d"]).dropna()   # row 6: no title
+    y = np.array([1, 1, 2, 3, 4, 5, 5, 5])
+    # rows 0, 1: the others are {1, 2}, a tie, the smaller wins: right; row 2: {1, 1}: wrong;
+    # rows 3, 4: one twin of another class; rows 5-7: no twin
+    np.testing.assert_array_equal(twin_majority(keys, y), [1, 1, 0, 0, 0, np.nan, np.nan, np.nan])
+    train = pd.DataFrame({"title": ["Red  Mug", "red mug", "red mug", "Blue cup", "blue cup", None],
+                          "shop_id": [1, 1, 2, 1, 1, 1], "category_id": [7, 7, 8, 9, 9, 9]})
+    res, has = title_twins(train)                                            # case and spaces ignored
+    assert has.tolist() == [True] * 5 + [False]
+    assert res["rows_with_a_twin"] == 5 and res["twin_majority_accuracy"] == 0.8     # row 2's twins say 7
+    assert res["rows_with_a_shop_twin"] == 4 and res["shop_twin_majority_accuracy"] == 1.0
 
 
 def test_cli_bad_data_is_one_line_no_traceback(tmp_path):

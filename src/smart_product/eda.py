@@ -1,7 +1,8 @@
 """Stage `eda`: a Markdown report and PNG plots about the data, written to reports/eda/.
 
 Reads the data only (never fits anything): class sizes, rare classes, rating and sale, text
-lengths and empty-field rates per field, image sizes and broken images, and the near-duplicate
+lengths and empty-field rates per field, image sizes and broken images, how often identical
+titles carry different categories (a floor under a title model's error), and the near-duplicate
 audit (the clusters of folds/dups.parquet, found and cached here if the folds stage has not yet).
 """
 from __future__ import annotations
@@ -28,6 +29,55 @@ def _image_size(path) -> tuple[int, int]:
             return img.size
     except Exception:
         return (0, 0)
+
+
+def twin_majority(keys: pd.Series, y: np.ndarray) -> np.ndarray:
+    """keys: a Series indexed by row position (rows without a key dropped). Per row: 1.0 if the
+    majority label of the other rows with its key equals its label (ties: the smallest label),
+    0.0 if not, NaN when no other row has its key."""
+    out = np.full(len(y), np.nan)
+    sub = keys[keys.duplicated(keep=False)]
+    for pos in sub.groupby(sub).indices.values():
+        idx = sub.index.to_numpy()[pos]
+        vals, inv = np.unique(y[idx], return_inverse=True)
+        counts = np.bincount(inv, minlength=len(vals))
+        for j, i in enumerate(idx):
+            c = counts.copy()
+            c[inv[j]] -= 1
+            out[i] = vals[c.argmax()] == y[i]
+    return out
+
+
+def title_twins(train: pd.DataFrame) -> dict:
+    """Train rows whose exact title (lower case, spaces collapsed) other train rows share, and how
+    often their twins' majority category (leave one out) is theirs, overall and within a shop.
+    Where identical titles disagree, no model of the title alone can be right for all of them."""
+    title = train["title"].fillna("").astype(str).str.lower().str.replace(r"\s+", " ", regex=True).str.strip()
+    title = title.where(title != "").reset_index(drop=True)
+    y = train[TARGET].to_numpy()
+    out = {"twin": twin_majority(title.dropna(), y),
+           "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str).reset_index(drop=True)).dropna(), y)}
+    res = {"rows": len(y)}
+    for name, ok in out.items():
+        has = ~np.isnan(ok)
+        res[f"rows_with_a_{name}"] = int(has.sum())
+        res[f"{name}_majority_accuracy"] = round(float(ok[has].mean()), 4) if has.any() else None
+    return res, ~np.isnan(out["twin"])
+
+
+def _twin_section(train: pd.DataFrame) -> list[str]:
+    t, _ = title_twins(train)
+    lines = ["", "## Identical titles, different categories", ""]
+    if not t["rows_with_a_twin"]:
+        return lines + ["- no two train rows share a title"]
+    return lines + [
+        f"- {t['rows_with_a_twin']} train rows ({t['rows_with_a_twin'] / t['rows']:.1%}) share their exact title "
+        f"with another train row; their twins' majority category (leave one out) is theirs for "
+        f"**{t['twin_majority_accuracy']:.1%}** of them"
+        + (f" ({t['shop_twin_majority_accuracy']:.1%} of the {t['rows_with_a_shop_twin']} with a twin from the same "
+           f"shop)" if t["rows_with_a_shop_twin"] else ""),
+        "- where identical titles disagree, a model that reads the title alone cannot be right for all of them: "
+        "a floor under its error on those rows (`python benchmarks/title_twins.py` compares a run's blend)"]
 
 
 def _dup_section(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, k: int) -> list[str]:
@@ -87,6 +137,7 @@ def run_eda(cfg: dict) -> Path:
         lines.append(f"- width median {int(np.median(sizes[:, 0]))} (min {sizes[:, 0].min()}, max "
                      f"{sizes[:, 0].max()}); height median {int(np.median(sizes[:, 1]))}")
     broken[[ID, "split", "status", "image_path"]].to_csv(out / "images_broken.csv", index=False)
+    lines += _twin_section(train)
     lines += _dup_section(cfg, train, test, k)
     lines += ["", "## Largest and rarest classes", "", "| category_id | rows |", "|---|---|"]
     lines += [f"| {c} | {n} |" for c, n in pd.concat([counts.head(5), counts.tail(5)]).items()]
