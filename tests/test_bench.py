@@ -56,4 +56,3 @@ def test_peers_above_200_classes_are_linear_svc_only():
     assert bench_mod.peer_names({"peers": ["lr"]}, 864) == ["lr"]
     with pytest.raises(ValueError, match="unknown"):
         bench_mod.peer_names({"peers": ["xgb"]}, 10)
-
