@@ -3,7 +3,7 @@ of any model that reads the title alone (`make eda` reports the same; this adds 
 
     python benchmarks/title_twins.py --data ../shared/data/ozon [--out runs/ozon]
 
-Titles are compared in lower case with spaces collapsed. Every train row whose title other train
+Titles are compared after dups.normalise (case, punctuation and spacing ignored). Every train row whose title other train
 rows share ("twins") is predicted by the majority category of its twins (leave one out; ties go
 to the smallest category id); the accuracy of that rule is printed, with the same for twins from
 the same shop (smart_product.eda.title_twins). With --out (a finished run), the blend's OOF

@@ -50,9 +50,9 @@ def test_title_twins_predicts_each_row_by_its_twins_majority_leaving_it_out():
     # rows 0, 1: the others are {1, 2}, a tie, the smaller wins: right; row 2: {1, 1}: wrong;
     # rows 3, 4: one twin of another class; rows 5-7: no twin
     np.testing.assert_array_equal(twin_majority(keys, y), [1, 1, 0, 0, 0, np.nan, np.nan, np.nan])
-    train = pd.DataFrame({"title": ["Red  Mug", "red mug", "red mug", "Blue cup", "blue cup", None],
+    train = pd.DataFrame({"title": ["Red  Mug!", "red mug", "red mug", "Blue cup", "blue, cup", None],
                           "shop_id": [1, 1, 2, 1, 1, 1], "category_id": [7, 7, 8, 9, 9, 9]})
-    res, has = title_twins(train)                                            # case and spaces ignored
+    res, has = title_twins(train)                                            # case, spaces, punctuation ignored
     assert has.tolist() == [True] * 5 + [False]
     assert res["rows_with_a_twin"] == 5 and res["twin_majority_accuracy"] == 0.8     # row 2's twins say 7
     assert res["rows_with_a_shop_twin"] == 4 and res["shop_twin_majority_accuracy"] == 1.0

@@ -48,12 +48,15 @@ def twin_majority(keys: pd.Series, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def title_twins(train: pd.DataFrame) -> dict:
-    """Train rows whose exact title (lower case, spaces collapsed) other train rows share, and how
-    often their twins' majority category (leave one out) is theirs, overall and within a shop.
-    Where identical titles disagree, no model of the title alone can be right for all of them."""
-    title = train["title"].fillna("").astype(str).str.lower().str.replace(r"\s+", " ", regex=True).str.strip()
-    title = title.where(title != "").reset_index(drop=True)
+def title_twins(train: pd.DataFrame) -> tuple[dict, np.ndarray]:
+    """Train rows whose title (dups.normalise: case, punctuation and spacing ignored) other train
+    rows share, and how often their twins' majority category (leave one out) is theirs, overall
+    and within a shop; and the mask of rows with a twin. Where identical titles disagree, no model
+    of the title alone can be right for all of them."""
+    from .dups import normalise
+
+    title = train["title"].fillna("").map(normalise).reset_index(drop=True)
+    title = title.where(title != "")
     y = train[TARGET].to_numpy()
     out = {"twin": twin_majority(title.dropna(), y),
            "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str).reset_index(drop=True)).dropna(), y)}
