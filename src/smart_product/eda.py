@@ -74,8 +74,8 @@ def _twin_section(train: pd.DataFrame) -> list[str]:
     if not t["rows_with_a_twin"]:
         return lines + ["- no two train rows share a title"]
     return lines + [
-        f"- {t['rows_with_a_twin']} train rows ({t['rows_with_a_twin'] / t['rows']:.1%}) share their exact title "
-        f"with another train row; their twins' majority category (leave one out) is theirs for "
+        f"- {t['rows_with_a_twin']} train rows ({t['rows_with_a_twin'] / t['rows']:.1%}) share their title "
+        f"(normalised: case, punctuation, spacing) with another train row; their twins' majority category (leave one out) is theirs for "
         f"**{t['twin_majority_accuracy']:.1%}** of them"
         + (f" ({t['shop_twin_majority_accuracy']:.1%} of the {t['rows_with_a_shop_twin']} with a twin from the same "
            f"shop)" if t["rows_with_a_shop_twin"] else ""),
