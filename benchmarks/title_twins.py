@@ -3,10 +3,10 @@ of any model that reads the title alone (`make eda` reports the same; this adds 
 
     python benchmarks/title_twins.py --data ../shared/data/ozon [--out runs/ozon]
 
-Titles are compared after dups.normalise (case, punctuation and spacing ignored). Every train row whose title other train
-rows share ("twins") is predicted by the majority category of its twins (leave one out; ties go
-to the smallest category id); the accuracy of that rule is printed, with the same for twins from
-the same shop (smart_product.eda.title_twins). With --out (a finished run), the blend's OOF
+Titles are compared after dups.normalise (case, punctuation and spacing ignored). Every train
+row whose title other train rows share ("twins") is predicted by the majority category of its
+twins (leave one out; ties go to the smallest category id); the accuracy of that rule is printed,
+with the same for twins from the same shop (smart_product.eda.title_twins). With --out (a finished run), the blend's OOF
 accuracy on the rows with and without a twin is printed beside it. The labels are only read,
 never used to choose anything.
 """
@@ -36,7 +36,8 @@ def main():
         ids = train[ID].to_numpy()
         valid = ok.reindex(ids, fill_value=False).to_numpy()
         right = pred.reindex(ids).to_numpy() == train[TARGET].to_numpy()
-        for name, m in (("blend_oof_accuracy_twins", valid & has_twin), ("blend_oof_accuracy_others", valid & ~has_twin)):
+        for name, m in (("blend_oof_accuracy_twins", valid & has_twin),
+                        ("blend_oof_accuracy_others", valid & ~has_twin)):
             res[name] = round(float(right[m].mean()), 4) if m.any() else None
     print(json.dumps(res, indent=1))
 

@@ -55,11 +55,12 @@ def title_twins(train: pd.DataFrame) -> tuple[dict, np.ndarray]:
     of the title alone can be right for all of them."""
     from .dups import normalise
 
-    title = train["title"].fillna("").map(normalise).reset_index(drop=True)
+    train = train.reset_index(drop=True)  # twin_majority's keys are indexed by row position
+    title = train["title"].fillna("").map(normalise)
     title = title.where(title != "")
     y = train[TARGET].to_numpy()
     out = {"twin": twin_majority(title.dropna(), y),
-           "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str).reset_index(drop=True)).dropna(), y)}
+           "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str)).dropna(), y)}
     res = {"rows": len(y)}
     for name, ok in out.items():
         has = ~np.isnan(ok)
@@ -75,8 +76,8 @@ def _twin_section(train: pd.DataFrame) -> list[str]:
         return lines + ["- no two train rows share a title"]
     return lines + [
         f"- {t['rows_with_a_twin']} train rows ({t['rows_with_a_twin'] / t['rows']:.1%}) share their title "
-        f"(normalised: case, punctuation, spacing) with another train row; their twins' majority category (leave one out) is theirs for "
-        f"**{t['twin_majority_accuracy']:.1%}** of them"
+        f"(normalised: case, punctuation, spacing) with another train row; their twins' majority category "
+        f"(leave one out) is theirs for **{t['twin_majority_accuracy']:.1%}** of them"
         + (f" ({t['shop_twin_majority_accuracy']:.1%} of the {t['rows_with_a_shop_twin']} with a twin from the same "
            f"shop)" if t["rows_with_a_shop_twin"] else ""),
         "- where identical titles disagree, a model that reads the title alone cannot be right for all of them: "
