@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smart_product.blend import combine, run_blend, search_weights
+from smart_product.blend import combine, fold_splits, out_of_fold, run_blend, search_weights
 from smart_product.cli import main
 from smart_product.data import DataError
 from smart_product.submit import score_submission, validate_submission
@@ -20,6 +20,33 @@ def test_search_weights_finds_the_informative_head():
     best = search_weights([noise, good.astype(np.float32)], y, n_trials=30)
     assert best["weights"][1] > best["weights"][0] and best["value"] > 0.9
     assert np.allclose(combine([noise, good], [0, 1]), good)
+
+
+def test_held_out_scores_each_fold_by_a_choice_made_on_the_other_folds():
+    """The held-out rule: fold k's rows are combined with the weights chosen on the other folds'
+    rows only. Head 0 is right on folds 0-1 and wrong on fold 2, head 1 the reverse: in sample,
+    fold 2 would pick head 1; held out, its choice comes from folds 0-1 (head 0), so it is wrong."""
+    n, c = 90, 3
+    folds = np.repeat([0, 1, 2, -1], [30, 30, 25, 5])
+    has = folds >= 0
+    y = np.arange(n) % c
+    right, wrong = np.eye(c, dtype=np.float32)[y], np.eye(c, dtype=np.float32)[(y + 1) % c]
+    head0 = np.where((folds == 2)[:, None], wrong, right)
+    head1 = np.where((folds == 2)[:, None], right, wrong)
+    splits = fold_splits(folds, has)
+    assert [int(s.sum()) for _, s in splits] == [30, 30, 25]
+    assert all(not (f & s).any() and ((f | s) == has).all() for f, s in splits)  # never-validated rows: neither
+    seen = []
+
+    def best_single(rows):
+        seen.append(rows.copy())
+        acc = [(p[rows].argmax(1) == y[rows]).mean() for p in (head0, head1)]
+        return {"weights": np.eye(2)[int(np.argmax(acc))].tolist(), "temperatures": [1.0, 1.0]}
+
+    pred = out_of_fold(best_single, [head0, head1], splits)
+    assert [int(r.sum()) for r in seen] == [55, 55, 60]
+    assert (pred[folds == 2] != y[folds == 2]).all()  # chosen on folds 0-1: head 0, wrong on fold 2
+    assert (pred[folds == 0] == y[folds == 0]).all() and (pred[folds == 1] == y[folds == 1]).all()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +77,12 @@ def test_blend_not_below_best_single_head_and_writes_valid_submission(blended, d
     assert 0 < summary["oof_held_out"]["weighted_f1"] <= 1
     # the stacker runs without and with the default group evidence (shop, title words); held out picks
     assert {"stack", "stack_groups"} <= set(summary["held_out"]) and summary["chosen"] in summary["held_out"]
-    assert abs(sum(summary["weights"].values()) - 1) < 1e-6 and min(summary["weights"].values()) >= 0
+    assert summary["oof_held_out"] == summary["held_out"][summary["chosen"]]
+    # a weight procedure's weights (the default blend may choose a stacker, which has none)
+    weights = run_blend({**cfg, "blend": {**cfg["blend"], "name": "weights",
+                                          "procedures": ["optuna_logloss", "best_single"]}})
+    assert weights["chosen"] in ("optuna_logloss", "best_single")
+    assert abs(sum(weights["weights"].values()) - 1) < 1e-6 and min(weights["weights"].values()) >= 0
     out = Path(cfg["out_dir"])
     sub = pd.read_csv(out / "submissions" / "blend.csv")
     comp = pd.read_parquet(out / "submissions" / "blend.parquet")

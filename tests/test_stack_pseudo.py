@@ -206,13 +206,13 @@ def test_unknown_stacker_setting_is_a_config_error():
 
 
 def test_blend_logit_adjust_grid_that_is_not_numbers_is_a_config_error():
-    from smart_product.blend import prior_correction
+    from smart_product.blend import fold_splits, prior_correction
     from smart_product.data import DataError
 
     P = np.full((4, 2), 0.5, np.float32)
     y, folds, has = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), np.ones(4, bool)
     with pytest.raises(DataError, match="blend.logit_adjust"):
-        prior_correction(P, y, folds, has, folds == 0, folds == 1, ["high"])
+        prior_correction(P, y, folds, has, fold_splits(folds, has), ["high"])
 
 
 def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):

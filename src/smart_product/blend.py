@@ -7,10 +7,11 @@ procedures: maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` add
 less prone to fitting noise), log loss with a temperature per head (`optuna_logloss_temperature`),
 or just take the best single head (`best_single`); `stack` replaces the weights with a level-2
 model over the heads' probabilities (stack.py; `blend.stack: false` turns it off), and
-`stack_groups` is the same with the group evidence of `blend.stack.groups`. Guard against fitting the OOF set: the folds
-are split in two halves; each procedure chooses on one half and is scored on the other and vice
-versa (its *held-out* weighted F1, printed beside the best single head and the equal-weight mean).
-The procedure that wins out of sample is refit on all folds and applied to the test
+`stack_groups` is the same with the group evidence of `blend.stack.groups`. Guard against
+fitting the OOF set: each procedure is scored out of fold, fold k's rows by its choice made on
+the other folds' OOF rows (its *held-out* weighted F1, printed beside the best single head and
+the equal-weight mean; for the stacker that is its cross-fit OOF, kept for the final blend). The
+procedure that wins out of sample is refit on all folds and applied to the test
 probabilities, if that refit is also no worse than the best single head on OOF (else the next
 procedure by held-out score; `best_single` always qualifies), so a blend that only fits OOF noise
 is not used. `blend.procedures` limits the
@@ -95,11 +96,27 @@ def subsample(rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
 TAUS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
+def fold_splits(folds: np.ndarray, has: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(choice rows, scored rows) per fold: fold k's OOF rows are scored by a choice made on the
+    other folds' OOF rows, so the choice has 80% of the rows (K=5), as the final blend's has all."""
+    return [(has & (folds != k), has & (folds == k)) for k in sorted(set(folds[has].tolist()))]
+
+
+def out_of_fold(choose, probs: list[np.ndarray], splits) -> np.ndarray:
+    """Class predictions of a weight procedure, each fold's rows combined with the weights that
+    `choose(rows)` picks on the other folds' rows (`splits`: fold_splits); other rows 0."""
+    pred = np.zeros(len(probs[0]), np.int64)
+    for fit_rows, score_rows in splits:
+        w = choose(fit_rows)
+        pred[score_rows] = combine([p[score_rows] for p in probs], w["weights"], w["temperatures"]).argmax(1)
+    return pred
+
+
+def prior_correction(P, y, folds, has, splits, taus) -> dict:
     """Logit adjustment of the chosen blend, P / prior^tau (the long-tail option at the blend
     level; heads/calibrate.py), with each fold's prior from the other folds' rows. tau is chosen
-    like a procedure: on one half of the folds, scored on the other (both ways); it is applied
-    (tau chosen on all rows) only if that held-out score beats tau = 0. Returns {tau, ..., oof}."""
+    like a procedure, out of fold (`splits`: fold_splits); it is applied (tau chosen on all rows)
+    only if that held-out score beats tau = 0. Returns {tau, ..., oof}."""
     try:
         taus = sorted({0.0, *map(float, taus or [])})
     except (TypeError, ValueError):
@@ -117,7 +134,7 @@ def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
 
     pred0 = np.zeros(len(y), np.int64)
     pred1 = np.zeros(len(y), np.int64)
-    for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
+    for fit_rows, score_rows in splits:
         best = max(taus, key=lambda t: f1(fit_rows, t))
         pred0[score_rows] = P[score_rows].argmax(1)
         pred1[score_rows] = adjusted(score_rows, best).argmax(1)
@@ -133,21 +150,22 @@ def prior_correction(P, y, folds, has, half_a, half_b, taus) -> dict:
 
 
 def stacking(params, side, oofs, tests, y_all, folds, has, n_classes):
-    """A stacker procedure (stack.py): held out = a stacker fit on one half, predicting the
-    other; final = its cross-fit OOF (fold k from the other folds) + one fit on all rows for test.
+    """A stacker procedure (stack.py): held out = its cross-fit OOF (fold k's rows from a stacker
+    fit on the other folds), kept; final = that OOF + one fit on all rows for the test rows.
     side: stack.row_side's (extra, extra_test, groups, groups_test); groups None = none."""
-    from .stack import cross_fit, make_stacker
+    from .stack import fold_fits, full_fit
 
     extra, extra_test, groups, groups_test = side
+    made = {}
 
-    def held_out(fit_rows, score_rows):
-        st = make_stacker(params).fit(oofs, y_all, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
-        return st.predict_proba(oofs, extra, rows=score_rows, groups=groups)
+    def held_out():
+        made["oof"], made["folds"] = fold_fits(oofs, y_all, folds, has, n_classes, params, extra, groups)
+        return made["oof"].argmax(1)  # NaN rows (never validated) are not scored
 
     def final():
-        oof, test, info = cross_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test, groups,
-                                    groups_test)
-        return np.nan_to_num(oof), test, {"stacker": {"params": params, **info}}
+        test, info = full_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test, groups,
+                              groups_test, made["folds"])
+        return np.nan_to_num(made["oof"]), test, {"stacker": {"params": params, **info}}
     return held_out, final
 
 
@@ -192,11 +210,12 @@ def run_blend(cfg: dict) -> dict:
         f1 = [scores(y_all[rows], p[rows].argmax(1))["weighted_f1"] for p in oofs]
         return {"weights": np.eye(len(heads))[int(np.argmax(f1))].tolist(), "temperatures": [1.0] * len(heads)}
 
+    splits = fold_splits(folds, has)
+
     def weighted(choose):
-        """A weight procedure: held out, fit on rows -> probabilities of other rows; final: on all."""
-        def held_out(fit_rows, score_rows):
-            w = choose(fit_rows)
-            return combine([p[score_rows] for p in oofs], w["weights"], w["temperatures"])
+        """A weight procedure: held out, fold k's rows by weights chosen on the other folds; final: on all."""
+        def held_out():
+            return out_of_fold(choose, oofs, splits)
 
         def final():
             w = choose(has)
@@ -204,12 +223,10 @@ def run_blend(cfg: dict) -> dict:
                                                                              w["temperatures"]), w)
         return held_out, final
 
-    # held-out check: each procedure chooses on one half of the folds and is scored on the other
-    # half (both ways); the better procedure is refit on all folds. A blend that does not beat
+    # held-out check: each procedure is scored out of fold (fold k's rows by its choice on the
+    # other folds); the better procedure is refit on all folds. A blend that does not beat
     # the best single head out of sample is not used.
     k = int(cfg.get("folds", {}).get("k", 5))
-    half_a = np.isin(folds, np.arange(k)[: k // 2]) & has
-    half_b = np.isin(folds, np.arange(k)[k // 2:]) & has
     procedures = {"optuna_f1": weighted(optuna("f1", temp)), "optuna_logloss": weighted(optuna("logloss", False)),
                   "optuna_logloss_temperature": weighted(optuna("logloss", True)),
                   "best_single": weighted(best_single_weights)}
@@ -229,10 +246,7 @@ def run_blend(cfg: dict) -> dict:
         procedures = {k: v for k, v in procedures.items() if k in bcfg["procedures"]}
     held = {}
     for proc, (held_out, _) in procedures.items():
-        pred = np.zeros(len(y_all), np.int64)
-        for fit_rows, score_rows in ((half_a, half_b), (half_b, half_a)):
-            pred[score_rows] = held_out(fit_rows, score_rows).argmax(1)
-        held[proc] = scores(y_all[has], pred[has])
+        held[proc] = scores(y_all[has], held_out()[has])
     single = {h: scores(y_all[has], p[has].argmax(1)) for h, p in zip(heads, oofs)}
     best_head = max(single, key=lambda h: single[h]["weighted_f1"])
     equal = scores(y_all[has], combine([p[has] for p in oofs], [1.0] * len(heads)).argmax(1))
@@ -247,7 +261,7 @@ def run_blend(cfg: dict) -> dict:
             break
         log.info("blend: %s wins held out but its refit (%.4f) is below the best single head (%.4f); next",
                  chosen, refit_f1["weighted_f1"], single[best_head]["weighted_f1"])
-    tau = prior_correction(blend_oof, y_all, folds, has, half_a, half_b, bcfg.get("logit_adjust", TAUS))
+    tau = prior_correction(blend_oof, y_all, folds, has, splits, bcfg.get("logit_adjust", TAUS))
     if tau["tau"]:
         blend_oof, blend_test = tau.pop("oof"), logit_adjusted(blend_test, class_prior(y_all, len(classes)), tau["tau"])
     tau.pop("oof", None)
@@ -279,13 +293,13 @@ def run_blend(cfg: dict) -> dict:
     lines += [f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
              f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
              f"  equal-weight mean            {equal['weighted_f1']:.4f}",
-             "  held out (each procedure chooses on one half of the folds, scored on the other): "
+             "  held out (fold k's rows scored by each procedure's choice on the other folds): "
              + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items()) + f" -> {chosen}",
              f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   "
              + ("stacker over " + ", ".join(heads) if chosen.startswith("stack") else
                 "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())),
              f"  logit adjustment of the blend: tau {tau['tau']} (held out: {tau['held_out_without']:.4f} without, "
-             f"{tau['held_out_with']:.4f} with tau chosen on the other half)" if "held_out_with" in tau else
+             f"{tau['held_out_with']:.4f} with tau chosen on the other folds)" if "held_out_with" in tau else
              "  logit adjustment of the blend: off",
              f"  submission: {sub}"]
     print("\n".join(lines))

@@ -277,27 +277,45 @@ def make_stacker(params: dict) -> Stacker:
         raise DataError(f"config blend.stack: {exc}") from None
 
 
-def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
-              groups_test=None):
-    """OOF of the stacker (fold k's from a stacker fit on the other folds' OOF rows) and its test
-    probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
+def fold_fits(probs, y, folds, has, n_classes, params, extra=None, groups=None):
+    """The stacker's OOF: fold k's rows from a stacker fit on the other folds' OOF rows. Returns
+    (oof with NaN rows, one info dict per fold)."""
     from tqdm import tqdm
 
     oof = np.full((len(y), n_classes), np.nan, np.float32)
-    info, t0 = {"folds": []}, time.time()
-    ks = sorted(set(folds[has].tolist()))
-    for k in tqdm(ks, desc="stacker folds", mininterval=1):
-        fit_rows, val_rows = has & (folds != k), has & (folds == k)
+    info = []
+    for k in tqdm(sorted(set(folds[has].tolist())), desc="stacker folds", mininterval=1):
+        t0, fit_rows, val_rows = time.time(), has & (folds != k), has & (folds == k)
         st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
         oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
-        info["folds"].append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
-                              "seconds": st.seconds})
+        info.append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
+                     "seconds": round(time.time() - t0, 2)})
+    return oof, info
+
+
+def full_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
+             groups_test=None, fold_info=()):
+    """The test rows' probabilities from one stacker fit on all OOF rows; logs it beside the fold
+    fits' `fold_info`. Returns (test, info)."""
+    t0 = time.time()
     st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has, groups=groups, folds=folds)
     test = st.predict_proba(test_probs, extra_test, groups=groups_test)
-    info.update(candidate_recall=round(st.recall, 4), nets=len(st.nets), seconds=round(time.time() - t0, 1))
-    fold_nets = "/".join(str(n) for n in sorted({f["nets"] for f in info["folds"]}))
+    seconds = sum(f["seconds"] for f in fold_info) + time.time() - t0
+    info = {"folds": list(fold_info), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
+            "seconds": round(seconds, 1)}
+    fold_nets = "/".join(str(n) for n in sorted({f["nets"] for f in fold_info}))
     log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each) + 1 full "
-             "fit (%d) in %.0fs", 100 * st.recall, len(ks), fold_nets, len(st.nets), info["seconds"])
+             "fit (%d) in %.0fs", 100 * st.recall, len(fold_info), fold_nets, len(st.nets), seconds)
+    return test, info
+
+
+def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
+              groups_test=None):
+    """OOF of the stacker (fold k's from a stacker fit on the other folds) and its test
+    probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
+    oof, fold_info = fold_fits(probs, y, folds, has, n_classes, params, extra, groups)
+    test, info = full_fit(probs, test_probs, y, folds, has, n_classes, params, extra, extra_test, groups,
+                          groups_test, fold_info)
     return oof, test, info
 
 
