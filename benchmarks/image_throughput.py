@@ -5,7 +5,10 @@
 The bare rate feeds tensors that already sit on the device (no decoding, no resizing, no copy);
 the per-image pipeline rate is `backbones.embed` on real JPEG files (DataLoader workers decode and
 resize each pass); the decode-once rate is `embed` over the uint8 memmap of `images.image_cache`
-(decoded once, its own rate reported apart: every later epoch and fold skips it).
+(decoded once, its own rate reported apart: every later epoch and fold skips it). The data path
+alone (no model; batches moved to the device) is timed for the memmap's two readers: a DataLoader
+with 4 worker processes (the route before `images.CachedBatches`) and `CachedBatches` (a reader
+thread, pinned buffers): what each could feed a model at most.
 A data pipeline is not the bottleneck when pipeline / bare >= 0.8.
 """
 from __future__ import annotations
@@ -21,7 +24,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from smart_product.backbones import autocast, build_image_encoder, device, embed, n_workers  # noqa: E402
-from smart_product.images import image_cache  # noqa: E402
+from smart_product.images import CachedBatches, CachedImageSet, image_cache  # noqa: E402
+
+
+def drain(batches, dev) -> float:
+    """img/s of a batch iterable alone, each batch moved to the device."""
+    n, t0 = 0, time.time()
+    for x, _, _ in batches:
+        x = x.to(dev, non_blocking=True)
+        n += len(x)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.time() - t0)
 
 
 def main():
@@ -65,12 +79,21 @@ def main():
         cache = image_cache(tmp, "bench", paths, enc.size, workers=args.workers)
         decode_rate = len(paths) / (time.time() - t0)
         _, _, cached = embed(enc, "image", cache.rows(), batch, args.workers, desc="decode-once")
+        from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+        ds = CachedImageSet(cache.rows())
+        order = BatchSampler(SequentialSampler(ds), batch, drop_last=False)
+        w = min(4, n_workers(args.workers))
+        old = drain(DataLoader(ds, sampler=order, batch_size=None, num_workers=w, pin_memory=dev.type == "cuda",
+                               prefetch_factor=4 if w else None), dev)
+        new = drain(CachedBatches(ds, order, dev), dev)
     res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
            "model": args.model, "image_size": args.size, "batch": batch, "images": len(paths),
            "workers": n_workers(args.workers), "bare_forward_img_s": round(bare, 1),
            "pipeline_img_s": round(pipe, 1), "ratio": round(pipe / bare, 3),
            "decode_once_img_s": round(cached, 1), "ratio_decode_once": round(cached / bare, 3),
-           "decode_once_build_img_s": round(decode_rate, 1)}
+           "decode_once_build_img_s": round(decode_rate, 1),
+           "data_only_dataloader_4_workers_img_s": round(old, 1), "data_only_cached_batches_img_s": round(new, 1)}
     print(json.dumps(res, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -68,6 +68,43 @@ def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):
     assert (X_cache[5] == 0).all() and (np.abs(X_cache[ok_cache]).sum(1) > 0).all()
 
 
+def test_cached_batches_equal_the_dataloader_route_and_fail_loudly(tmp_path):
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+    from torch.utils.data.distributed import DistributedSampler
+
+    from smart_product.images import CachedBatches, CachedImageSet
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (50, 8, 8, 3), dtype=np.uint8)
+    file = tmp_path / "x.u8"
+    np.memmap(file, np.uint8, mode="w+", shape=arr.shape)[:] = arr
+    ok = rng.random(50) > 0.2
+    cache = ImageCache(file, 50, 8, ok)
+    labels = rng.integers(0, 5, 37)
+    rows = cache.rows(np.r_[3:20, 30:50])  # consecutive runs and a gap: slices and gathers
+    ds = CachedImageSet(rows, labels)
+    sampler = DistributedSampler(range(len(ds)), num_replicas=1, rank=0, shuffle=True, seed=1)
+    for order in (SequentialSampler(ds), sampler):
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            batches = BatchSampler(order, 16, drop_last=False)
+            ref = list(DataLoader(ds, sampler=batches, batch_size=None))
+            got = list(CachedBatches(ds, batches, torch.device("cpu")))
+            assert len(got) == len(ref) == len(CachedBatches(ds, batches, "cpu")) == 3
+            for (x, o, y), (x2, o2, y2) in zip(got, ref):
+                assert x.shape == x2.shape and x.dtype == torch.uint8 and torch.equal(x, x2)
+                assert torch.equal(o, o2) and torch.equal(y, y2)
+    first = next(iter(CachedBatches(ds, BatchSampler(range(len(ds)), 16, False), "cpu")))[0]
+    assert torch.equal(first, torch.from_numpy(arr[3:19]).permute(0, 3, 1, 2))  # rows 3.. in order
+    # a failing read (in the reader thread) is raised in the consuming loop, never a short epoch
+    bad = CachedImageSet(CachedRows(cache, np.r_[0:8, 70, 71]))  # rows past the array's end
+    got = []
+    with pytest.raises(IndexError):
+        for x, _, _ in CachedBatches(bad, BatchSampler(range(10), 4, False), "cpu"):
+            got.append(x)
+    assert len(got) == 2
+
+
 def test_flip_tta_makes_the_embedding_mirror_invariant(demo_dir, tmp_path):
     from smart_product.backbones import build_image_encoder, embed
 
@@ -161,6 +198,7 @@ def test_fold_jobs_then_assembling_run_equal_a_one_shot_run_byte_for_byte(demo_d
             assert (d1 / f).read_bytes() == (d2 / f).read_bytes(), (head, f)
         m = json.loads((d2 / "metrics.json").read_text())
         assert sorted(m["folds_from_jobs"]) == ([-1, 0, 1, 2] if head == "lr" else [0, 1, 2])
+        assert m["seconds"] >= sum(f["seconds"] for f in m["folds"]) > 0  # the jobs' fit time, not the assembly's
         assert not list(d2.glob("fold*"))  # the job files are folded into oof.npy / test.npy
     # a FOLD=k job after assembly has nothing to do
     assert cli.main(["train", "--fold", "1", *args]) == 0

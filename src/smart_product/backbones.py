@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .images import BatchAugment, CachedImageSet, CachedRows, has_path
+from .images import BatchAugment, CachedBatches, CachedImageSet, CachedRows, has_path
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,8 @@ class Loader:
     def make(self, items, batch_size, labels=None, train=False, workers=None, sampler=None, augment=None):
         """A DataLoader; `sampler` (training: a DistributedSampler, also for one process) orders the rows.
 
-        Cached images: on a GPU up to 4 workers prefetch batches; on the CPU a worker only when it
-        has work to do beside the model (`augment`), else the main process reads the memmap."""
+        Cached images: `CachedBatches` (a reader thread, pinned buffers, no worker processes), except
+        when augmenting on the CPU (`augment`): then a DataLoader worker does it beside the model."""
         from torch.utils.data import BatchSampler, SequentialSampler
 
         dev = device()
@@ -250,11 +250,12 @@ class Loader:
             workers = 0
         elif not cached:
             workers = n_workers(workers)
-        elif dev.type == "cuda":
-            workers = min(4, n_workers(workers))
         else:
             workers = min(1, n_workers(workers)) if augment is not None else 0
         ds = self.dataset(items, labels, train, augment)
+        if cached and augment is None:  # a reader thread and pinned buffers, no worker processes
+            order = sampler if sampler is not None else range(len(ds))
+            return CachedBatches(ds, BatchSampler(order, batch_size, drop_last=False), dev)
         common = dict(num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=False,
                       prefetch_factor=4 if workers else None)
         if cached:  # one memmap read per batch
@@ -312,19 +313,27 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
     loader = Loader(encoder, kind).make(items, batch_size, workers=workers)
     done = np.zeros((len(items), encoder.dim), np.float32)
     ok_done = np.zeros(len(items), bool)
-    t0, i = time.time(), 0
+    t0, i, pending = time.time(), 0, []
+
+    def flush():  # the device's results to the host every 32 batches, not after each (a sync per batch)
+        nonlocal i
+        for z, ok in pending:
+            z, ok = z.cpu().numpy(), ok.numpy().astype(bool)
+            z[~ok] = 0.0
+            done[i:i + len(z)], ok_done[i:i + len(z)] = z, ok
+            i += len(z)
+        pending.clear()
+
     with torch.inference_mode(), autocast(dev):
         for x, ok, _ in tqdm(loader, desc=desc, mininterval=2, leave=False):
             x = _to(x, dev)
             z = encoder(x).float()
             if tta and kind == "image":
                 z = (z + encoder(x.flip(-1)).float()) / 2
-            z = z.cpu().numpy()
-            n = len(z)
-            ok = ok.numpy().astype(bool)
-            z[~ok] = 0.0
-            done[i:i + n], ok_done[i:i + n] = z, ok
-            i += n
+            pending.append((z, ok))
+            if len(pending) >= 32:
+                flush()
+        flush()
     rate = len(items) / max(time.time() - t0, 1e-9)
     log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s%s)%s", desc, len(items), kind, time.time() - t0,
              rate, "img" if kind == "image" else "text", batch_size, dev.type, ", flip TTA" if tta else "",

@@ -197,6 +197,92 @@ class CachedImageSet(Dataset):
         return x, ok, y
 
 
+class CachedBatches:
+    """Batches of the decode-once cache without a DataLoader: a reader thread copies each batch's
+    rows from the memmap (a slice when they are consecutive, else a sorted gather) straight into
+    a pinned buffer, the main thread sends it to the device (non-blocking) and yields it
+    NCHW (channels_last memory). No worker processes, no inter-process copy, no pin-memory copy:
+    the DataLoader route fed an H100 at 0.48x the bare forward (9,565 against 19,785 img/s).
+
+    Same batches, same order as the DataLoader over `CachedImageSet` with a BatchSampler:
+    `batches` is a BatchSampler (re-read each epoch: a DistributedSampler's `set_epoch` applies). Yields (x uint8 on `dev`, ok, labels); `len()` is the batch count.
+    A ring of `prefetch + 2` buffers: the reader reuses a buffer only after its copy to the device
+    is done (a CUDA event); on the CPU every batch gets its own tensor.
+    """
+
+    def __init__(self, dataset: CachedImageSet, batches, dev: torch.device, prefetch: int = 2):
+        self.ds, self.batches, self.dev, self.prefetch = dataset, batches, torch.device(dev), prefetch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        ds, cuda = self.ds, self.dev.type == "cuda"
+        assert ds.augment is None, "CachedBatches: augmentation runs on the device, after it"
+        arr, size = ds.rows.cache.array(), ds.rows.cache.size
+        width = self.batches.batch_size
+        ring = [torch.empty((width, size, size, 3), dtype=torch.uint8, pin_memory=True)
+                for _ in range(self.prefetch + 2)] if cuda else None
+        events = [None] * len(ring) if cuda else None
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def read():
+            try:
+                for b, idx in enumerate(self.batches):
+                    if stop.is_set():
+                        return
+                    idx = np.sort(np.asarray(idx, dtype=np.int64))
+                    rows, n = ds.rows.rows[idx], len(idx)
+                    if cuda:
+                        k = b % len(ring)
+                        if events[k] is not None:
+                            events[k].synchronize()  # its last batch has reached the device
+                        buf = ring[k][:n]
+                    else:
+                        k, buf = None, torch.empty((n, size, size, 3), dtype=torch.uint8)
+                    out = buf.numpy()
+                    if n and not 0 <= rows[0] <= rows[-1] < len(arr):
+                        raise IndexError(f"{ds.rows.cache.file}: rows {rows[0]}..{rows[-1]} outside its {len(arr)}")
+                    if n and rows[-1] - rows[0] == n - 1 and (np.diff(rows) == 1).all():
+                        out[:] = arr[rows[0]:rows[-1] + 1]  # one sequential read
+                    else:
+                        np.take(arr, rows, axis=0, out=out)
+                    ok = torch.from_numpy(ds.rows.cache.ok[rows])
+                    y = torch.full((n,), -1, dtype=torch.long) if ds.labels is None else \
+                        torch.from_numpy(ds.labels[idx].astype(np.int64))
+                    q.put((k, buf, ok, y))
+                q.put(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+                q.put(exc)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                k, buf, ok, y = item
+                if cuda:
+                    x = buf.to(self.dev, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                    events[k] = done  # published only once recorded: the reader waits on it
+                else:
+                    x = buf
+                yield x.permute(0, 3, 1, 2), ok, y
+        finally:
+            stop.set()
+            while thread.is_alive():  # let a blocked reader finish its put
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
+
+
 class BatchAugment(nn.Module):
     """Training augmentation on a uint8 batch tensor, per-sample random (kornia), on the batch's
     device: resized crop (scale 0.6-1), horizontal flip, rotation (15 degrees); uint8 out."""

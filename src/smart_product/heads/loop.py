@@ -257,13 +257,15 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     test_pred = np.zeros((len(test), n_classes), np.float32)
     folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
     test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if save_test_folds else None
-    reused, per_fold, t_all = [], [], time.time()
+    reused, per_fold, t_all, reused_s = [], [], time.time(), 0.0
     runs = folds_to_run + ([-1] if full_fit and write else [])
     for i, fold in enumerate(tqdm(runs, desc=f"{out_name} folds", mininterval=1)):
         done = None if (force or not write) else _read_fold(out / f"fold{fold}", fold_keys[str(fold)])
         if done is not None:
             reused.append(fold)
         P_val, P_te, m = done if done is not None else fit_fold(fold)
+        if done is not None:  # its fit time was spent in the FOLD=k job: counted, not lost
+            reused_s += float(m.get("seconds") or 0.0)
         m = {k_: v for k_, v in m.items() if k_ != "key"}
         if fold == -1:  # the full fit's test probabilities replace the folds' mean
             test_pred = P_te
@@ -288,7 +290,8 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     metrics = {"head": out_name, "key": key, "fold_keys": fold_keys, "kind": hcfg["kind"], "features": feats,
                "params": params, "calibrate": calibrate, "logit_adjust": tau, "overall": overall,
                "folds": per_fold, "never_validated_rows": never, "n_classes": int(n_classes),
-               "seconds": round(time.time() - t_all, 2), "folds_from_jobs": reused}
+               # fit time: this run's, plus the FOLD=k jobs' for the folds it assembled
+               "seconds": round(time.time() - t_all + reused_s, 2), "folds_from_jobs": reused}
     log.info("%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows "
              "excluded)", out_name, overall["weighted_f1"], overall["macro_f1"], overall["accuracy"], overall["rows"], never)
     if write:
