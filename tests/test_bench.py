@@ -56,3 +56,31 @@ def test_peers_above_200_classes_are_linear_svc_only():
     assert bench_mod.peer_names({"peers": ["lr"]}, 864) == ["lr"]
     with pytest.raises(ValueError, match="unknown"):
         bench_mod.peer_names({"peers": ["xgb"]}, 10)
+
+
+def test_catalogue_part_is_stratified_small_and_a_valid_catalogue(demo_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    from smart_product.data import load_data
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "part"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "catalogue_part.py"), "--data", str(demo_dir),
+                    "--out", str(out), "--frac", "0.3", "--max-side", "32"], check=True, capture_output=True)
+    full, part_ = pd.read_parquet(demo_dir / "train.parquet"), pd.read_parquet(out / "train.parquet")
+    assert set(part_.category_id) == set(full.category_id)  # every class keeps a training row
+    assert abs(len(part_) / len(full) - 0.3) < 0.05
+    counts = full.category_id.value_counts()
+    big = counts[counts >= 20].index
+    ratio = part_.category_id.value_counts()[big] / counts[big]
+    assert ratio.between(0.2, 0.4).all()  # per class, not overall
+    sol = pd.read_csv(out / "solution.csv")
+    train, test = load_data(out)  # the pipeline's own loader accepts it
+    assert sorted(test.product_id) == sorted(sol.product_id) and len(train) == len(part_)
+    sizes = [Image.open(p).size for p in (out / "images" / "train").glob("*.jpg")]
+    assert sizes and max(max(s) for s in sizes) <= 32
