@@ -7,7 +7,7 @@ the per-image pipeline rate is `backbones.embed` on real JPEG files (DataLoader 
 resize each pass); the decode-once rate is `embed` over the uint8 memmap of `images.image_cache`
 (decoded once, its own rate reported apart: every later epoch and fold skips it). The data path
 alone (no model; batches moved to the device) is timed for the memmap's two readers: a DataLoader
-with 4 worker processes (the route before `images.CachedBatches`) and `CachedBatches` (a reader
+with up to 4 worker processes (the route before `images.CachedBatches`) and `CachedBatches` (a reader
 thread, pinned buffers): what each could feed a model at most.
 A data pipeline is not the bottleneck when pipeline / bare >= 0.8.
 """
@@ -93,7 +93,8 @@ def main():
            "pipeline_img_s": round(pipe, 1), "ratio": round(pipe / bare, 3),
            "decode_once_img_s": round(cached, 1), "ratio_decode_once": round(cached / bare, 3),
            "decode_once_build_img_s": round(decode_rate, 1),
-           "data_only_dataloader_4_workers_img_s": round(old, 1), "data_only_cached_batches_img_s": round(new, 1)}
+           "data_only_dataloader_img_s": round(old, 1), "data_only_dataloader_workers": w,
+           "data_only_cached_batches_img_s": round(new, 1)}
     print(json.dumps(res, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
