@@ -205,8 +205,8 @@ class CachedBatches:
     the DataLoader route fed an H100 at 0.48x the bare forward (9,565 against 19,785 img/s).
 
     Same batches, same order as the DataLoader over `CachedImageSet` with a BatchSampler:
-    `batches` is a BatchSampler (re-read each epoch: a DistributedSampler's `set_epoch` applies). Yields (x uint8 on `dev`, ok, labels); `len()` is the batch count.
-    A ring of `prefetch + 2` buffers: the reader reuses a buffer only after its copy to the device
+    `batches` is a BatchSampler (re-read each epoch: a DistributedSampler's `set_epoch` applies).
+    Yields (x uint8 on `dev`, ok, labels); `len()` is the batch count. A ring of `prefetch + 2` buffers: the reader reuses a buffer only after its copy to the device
     is done (a CUDA event); on the CPU every batch gets its own tensor.
     """
 
