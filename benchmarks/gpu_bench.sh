@@ -55,4 +55,4 @@ done
 # assemble + blend + score + peers (features and heads are cached: nothing is refitted)
 step bench $PY "${SP[@]}" bench "${ARGS[@]}" bench.ablation=false 2>&1 | grep -v "it/s\]"
 echo; cat "$T"
-grep -h '"seconds"\|"rate_per_s"\|"finetune_seconds"' "$OUT"/features/{image,text}/fold0/meta.json 2>/dev/null || true
+grep -h '"seconds"\|"rate_per_s"' "$OUT"/features/{image,text}/fold0/meta.json 2>/dev/null || true

@@ -96,6 +96,9 @@ def test_cached_batches_equal_the_dataloader_route_and_fail_loudly(tmp_path):
                 assert torch.equal(o, o2) and torch.equal(y, y2)
     first = next(iter(CachedBatches(ds, BatchSampler(range(len(ds)), 16, False), "cpu")))[0]
     assert torch.equal(first, torch.from_numpy(arr[3:19]).permute(0, 3, 1, 2))  # rows 3.. in order
+    shuffled = CachedImageSet(CachedRows(cache, np.array([3, 5, 4, 6])))  # span 3 = n - 1, not in order
+    x, _, _ = next(iter(CachedBatches(shuffled, BatchSampler(range(4), 4, False), "cpu")))
+    assert torch.equal(x, torch.from_numpy(arr[[3, 5, 4, 6]]).permute(0, 3, 1, 2))
     # a failing read (in the reader thread) is raised in the consuming loop, never a short epoch
     bad = CachedImageSet(CachedRows(cache, np.r_[0:8, 70, 71]))  # rows past the array's end
     got = []
