@@ -62,7 +62,7 @@ def blended(demo_dir, tmp_path_factory):
                              "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}}",
                              "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
                              " knn_tab: {kind: lfda_knn, features: [tabular, tfidf], params: {pca_dim: 32, n_components: 16}}}",
-                             "blend.trials=30"], str(demo_dir))
+                             "blend.trials=30", "blend.stack.bags=1"], str(demo_dir))
     make_folds(cfg)
     make_features(cfg)
     metrics = train_heads(cfg)

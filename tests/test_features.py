@@ -207,8 +207,8 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(demo_d
         shutil.copy(demo_dir / f, data / f)
     cfg = make_cfg(data, "features.sets={tfidf_sparse: {kind: tfidf_sparse}, image: {kind: image, "
                          "model: test_efficientnet, weights: random, image_size: 32}}",
-                   "heads={lr: {kind: linear, features: [tfidf_sparse, image], params: {C: 10, max_iter: 200}}}",
-                   "blend.trials=5")
+                   "heads={lr: {kind: linear, features: [tfidf_sparse, image], params: {C: 0.5, solver: svm}}}",
+                   "blend.trials=5", "blend.stack.bags=1")
 
     def no_model(opts):
         raise AssertionError("a model was built for a catalogue without images")

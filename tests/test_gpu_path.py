@@ -153,7 +153,7 @@ def test_lora_trains_adapters_only_and_merges(demo_dir):
 def _overrides():
     """A tiny config (3 folds, a per-fold image set, a pseudo-label round) as key=value pairs."""
     heads = ("heads={"
-             "lr: {kind: linear, features: [tfidf_sparse, img_ft], params: {C: 3, max_iter: 200},"
+             "lr: {kind: linear, features: [tfidf_sparse, img_ft], params: {C: 0.5, solver: svm},"
              "     test_from: full, calibrate: true},"
              "mlp: {kind: mlp, features: [tabular, img_ft], params: {hidden: [64], max_epochs: 20, patience: 4},"
              "      calibrate: true}}")

@@ -14,8 +14,8 @@ from smart_product.report import make_report
 
 CHEAP = "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}, navec: {kind: navec}}"
 FEATS = "[tabular, tfidf, navec]"
-HEADS = ("heads={"
-         f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 200}}}},"
+HEADS = ("heads={"   # logreg: max_iter 200 gives the same OOF F1 in 3x the time
+         f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 50}}}},"
          f"mlp: {{kind: mlp, features: {FEATS}, params: {{hidden: [256, 128, 64], max_epochs: 60, patience: 8}}}},"
          f"catboost: {{kind: catboost, features: {FEATS}, params: {{reduce: lfda, dim: 24, iterations: 120,"
          f"  learning_rate: 0.2, depth: 4}}}},"
@@ -65,9 +65,10 @@ def test_oof_files_and_nan_rows(trained, demo_dir):
 
 def test_same_seed_reproduces_oof_f1(trained):
     cfg, metrics = trained
-    for name in ("mlp", "catboost"):
-        again = run_head(cfg, name, write=False)
-        assert round(again["overall"]["weighted_f1"], 4) == round(metrics[name]["overall"]["weighted_f1"], 4)
+    for name in ("mlp", "catboost"):   # two folds refit (not all five): the same per-fold scores
+        again = run_head(cfg, name, write=False, folds_to_run=[1, 3])
+        first = {f["fold"]: f["weighted_f1"] for f in metrics[name]["folds"]}
+        assert [round(f["weighted_f1"], 4) for f in again["folds"]] == [round(first[k], 4) for k in (1, 3)], name
 
 
 class SpyHead:
@@ -296,7 +297,7 @@ def test_softmax_head_c_sets_the_l2_strength_by_rows():
 ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
                    " tfidf_sparse: {kind: tfidf_sparse}, listing: {kind: listing, by: shop_id}}")
 ALL_KINDS = ("heads={"
-             "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 100}, calibrate: true},"
+             "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true},"
              "linear: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true,"
              "  test_from: full},"
              "softmax: {kind: softmax, features: [tfidf_sparse], params: {hidden: 32, epochs: 2, batch_size: 256}},"

@@ -170,7 +170,7 @@ def test_listing_head_takes_the_same_shops_nearest_listing():
         listing(train, test, {"by": "seller", "name": "listing"})
 
 CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}",
-         "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 200}, calibrate: true}}",
+         "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true}}",
          "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}"]
 
 
