@@ -31,7 +31,7 @@ def test_config_is_consistent(path):
 def test_overrides_and_bad_config(tmp_path):
     cfg = load_config(None, ["folds.k=7", "heads.mlp.params.dropout=0.2"])
     assert cfg["folds"]["k"] == 7 and cfg["heads"]["mlp"]["params"]["dropout"] == 0.2
-    assert cfg["heads"]["mlp"]["params"]["hidden"] == [1024, 512, 256]   # the rest kept
+    assert cfg["heads"]["mlp"]["params"]["hidden"] == [512, 256, 128]   # the rest kept
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["folds.k"])
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
