@@ -160,10 +160,11 @@ def test_wandb_tracking_offline(trained):
     assert len(list(run_dir.rglob("*.png"))) == 2                               # report plots logged
 
 
-def test_linear_svm_head_matches_liblinear_and_gives_probabilities():
+def test_linear_head_matches_liblinear_and_lbfgs_and_gives_probabilities():
     """solver: svm spreads the one-vs-rest problems over the cores: the same decisions as a plain
     LinearSVC, probabilities that sum to 1 in the full class order, classes absent from the fit
-    rows get 0, and the fit is far above chance."""
+    rows get 0, and the fit is far above chance; solver: lbfgs (the default) gives sklearn's
+    LogisticRegression probabilities."""
     from scipy import sparse
     from sklearn.svm import LinearSVC
 
@@ -181,6 +182,15 @@ def test_linear_svm_head_matches_liblinear_and_gives_probabilities():
     assert P.shape == (val.sum(), n_classes) and np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 6] == 0).all()
     plain = LinearSVC(C=1.0, random_state=0).fit(head.stacker.transform([X[fit], dense[fit]]), y[fit])
     assert (P.argmax(1) == plain.predict(head.stacker.transform([X[val], dense[val]]))).mean() > 0.99
+    assert (P.argmax(1) == y[val]).mean() > 0.9
+    # the default solver, lbfgs: sklearn's multinomial LogisticRegression over the same blocks
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LinearHead(C=1.0, max_iter=300).fit([X[fit], dense[fit]], y[fit], n_classes)
+    P = lr.predict_proba([X[val], dense[val]])
+    assert P.shape == (val.sum(), n_classes) and np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 6] == 0).all()
+    ref = LogisticRegression(C=1.0, max_iter=300).fit(lr.stacker.transform([X[fit], dense[fit]]), y[fit])
+    assert np.allclose(P[:, :6], ref.predict_proba(lr.stacker.transform([X[val], dense[val]])), atol=1e-6)
     assert (P.argmax(1) == y[val]).mean() > 0.9
     with pytest.raises(DataError, match="solver must be lbfgs or svm"):
         LinearHead(solver="sgd")
