@@ -70,9 +70,8 @@ def main():
                 tasks.append((p, out / "images" / split / f"{pid}.jpg", args.max_side, args.quality))
     with ProcessPoolExecutor() as pool:
         ok = sum(pool.map(reencode, tasks, chunksize=64))
-    for extra in ("README.md",):
-        if (src / extra).is_file():
-            shutil.copy(src / extra, out / extra)
+    if (src / "README.md").is_file():
+        shutil.copy(src / "README.md", out / "README.md")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {len(train)} train / {len(test)} test rows, {train[TARGET].nunique()} classes; "
           f"{ok} of {len(tasks)} photos re-encoded at <= {args.max_side} px; {size / 2**20:.1f} MiB")

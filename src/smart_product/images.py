@@ -215,8 +215,9 @@ class CachedImageSet(Dataset):
 class CachedBatches:
     """Batches of the decode-once cache without a DataLoader: a reader thread copies each batch's
     rows from the memmap (`CachedImageSet.read`) straight into a pinned buffer, the main thread
-    sends it to the device (non-blocking) and yields it NCHW (channels_last memory). No worker processes, no inter-process copy, no pin-memory copy:
-    the DataLoader route fed an H100 at 0.48x the bare forward (9,565 against 19,785 img/s).
+    sends it to the device (non-blocking) and yields it NCHW (channels_last memory). No worker
+    processes, no inter-process copy, no pin-memory copy: the DataLoader route fed an H100 at
+    0.48x the bare forward (9,565 against 19,785 img/s).
 
     Same batches, same order as the DataLoader over `CachedImageSet` with a BatchSampler:
     `batches` is a BatchSampler (re-read each epoch: a DistributedSampler's `set_epoch` applies).
