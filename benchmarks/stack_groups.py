@@ -7,7 +7,9 @@ A variant is `none` or comma-separated group specs (blend.stack.groups syntax), 
 `@alpha` (group_alpha), `~hidden` (hidden units) and `#bags` (nets averaged, each early-stopped
 on its own inner split). Each runs stack.cross_fit (fold k's stacker fit on the other folds) and
 prints OOF weighted F1, and test weighted F1 when the data folder has solution.csv (for
-reporting; choose by OOF).
+reporting; choose by OOF). `--seeds n` fits each variant with n stacker seeds (the config's seed,
++1, ...) and also prints their mean and standard deviation: the stacker's own spread, against
+which a variant's gain is read.
 """
 import argparse
 import json
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True, help="a run folder with oof/{head}/ and folds/")
     ap.add_argument("--heads", help="comma-separated (default: every trained head the config enables)")
+    ap.add_argument("--seeds", type=int, default=1, help="stacker seeds per variant (default 1)")
     ap.add_argument("variants", nargs="+")
     a = ap.parse_args()
     cfg = load_config(a.config, [f"out_dir={a.out}"], data_dir=a.data)
@@ -55,12 +58,25 @@ def main():
         params.update({"hidden": int(hidden)} if hidden else {}, **({"group_alpha": float(alpha)} if alpha else {}),
                       **({"bags": int(bags)} if bags else {}))
         extra, extra_test, g, g_test = row_side(cfg, params["groups"])
-        t0 = time.time()
-        oof, test, _ = cross_fit(oofs, tests, y, folds, has, len(classes), params, extra, extra_test, g, g_test)
-        res = {"variant": v, "oof_weighted_f1": round(scores(y[has], np.nan_to_num(oof)[has].argmax(1))["weighted_f1"], 4),
-               "test_weighted_f1": None if y_test is None else round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
-               "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(res), flush=True)
+        runs_ = []
+        for s in range(a.seeds):
+            t0 = time.time()
+            oof, test, _ = cross_fit(oofs, tests, y, folds, has, len(classes), {**params, "seed": params["seed"] + s},
+                                     extra, extra_test, g, g_test)
+            res = {"variant": v, "seed": params["seed"] + s,
+                   "oof_weighted_f1": round(scores(y[has], np.nan_to_num(oof)[has].argmax(1))["weighted_f1"], 4),
+                   "test_weighted_f1": None if y_test is None else
+                   round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
+                   "seconds": round(time.time() - t0, 1)}
+            runs_.append(res)
+            print(json.dumps(res), flush=True)
+        if a.seeds > 1:
+            summary = {"variant": v, "seeds": a.seeds}
+            for m in ("oof_weighted_f1", "test_weighted_f1"):
+                vals = [r[m] for r in runs_ if r[m] is not None]
+                if vals:
+                    summary[m] = {"mean": round(float(np.mean(vals)), 4), "sd": round(float(np.std(vals, ddof=1)), 4)}
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

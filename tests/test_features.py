@@ -177,6 +177,25 @@ def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
         _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1], "min_df": [1, 2, 3]}}})
 
 
+def test_stemmed_word_ngrams_make_one_feature_of_a_word_s_forms():
+    from smart_product.features import _tfidf_matrix
+
+    train = pd.DataFrame({"title": ["Футболка мужская", "Футболки мужские", "Ковры", "Ковров"]})
+    test = pd.DataFrame({"title": ["Футболку"]})
+    spec = {"word": [1, 1], "min_df": 1}
+    plain = _tfidf_matrix(train, test, {"fields": {"title": spec}})
+    stem = _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "russian"}}})
+    assert plain.shape[1] == 7 and stem.shape[1] == 3                 # футболк, мужск, ковр
+    assert np.isclose((stem[0] @ stem[1].T).toarray()[0, 0], 1.0)     # the two t-shirt titles are one text
+    assert (stem[4] @ stem[0].T).toarray()[0, 0] > 0 == (plain[4] @ plain[0].T).toarray()[0, 0]
+    latin = pd.DataFrame({"title": ["Running shoes, men's", "Cotton T-shirt for men", "Shoes"]})
+    a = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1}}})
+    b = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1, "stem": "russian"}}})
+    assert a.shape == b.shape and (a != b).nnz == 0                    # the Russian stemmer leaves Latin words alone
+    with pytest.raises(DataError, match="not a Snowball language"):
+        _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "klingon"}}})
+
+
 def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
     cfg = make_cfg(demo_dir, "features.sets={tf: {kind: tfidf_sparse, fields: {title: {word: [1, 2], char: [2, 4]},"
                              " description: {word: [1, 1]}, dicts: {word: [1, 1]}, shop_title: {word: [1, 1]}}},"
