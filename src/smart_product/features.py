@@ -106,24 +106,19 @@ def field_text(frame: pd.DataFrame, field: str) -> list[str]:
     raise DataError(f"config features: unknown TF-IDF field {field!r} (one of {TFIDF_FIELDS})")
 
 
-def stemmer(language: str):
-    """A word -> Snowball stem function for `language` (nltk), cached per distinct word."""
+def _stemmed(texts: list[str], language: str) -> list[str]:
+    """Each text as its lower-cased word tokens (TfidfVectorizer's token pattern) replaced by their
+    Snowball stems (nltk; cached per distinct word), joined by spaces."""
+    import re
+
     from nltk.stem.snowball import SnowballStemmer
 
     if language not in SnowballStemmer.languages:
-        raise DataError(f"config: stem {language!r} is not a Snowball language "
+        raise DataError(f"config features: stem {language!r} is not a Snowball language "
                         f"(one of {', '.join(SnowballStemmer.languages)})")
-    stem, cache = SnowballStemmer(language).stem, {}
-    return lambda w: cache[w] if w in cache else cache.setdefault(w, stem(w))
-
-
-def _stemmed(texts: list[str], language: str) -> list[str]:
-    """Each text as its lower-cased word tokens (TfidfVectorizer's token pattern) replaced by their
-    Snowball stems, joined by spaces."""
-    import re
-
-    stem, token = stemmer(language), re.compile(r"(?u)\b\w\w+\b")
-    return [" ".join(stem(w) for w in token.findall(text.lower())) for text in texts]
+    stem, cache, token = SnowballStemmer(language).stem, {}, re.compile(r"(?u)\b\w\w+\b")
+    return [" ".join(cache[w] if w in cache else cache.setdefault(w, stem(w)) for w in token.findall(text.lower()))
+            for text in texts]
 
 
 def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
