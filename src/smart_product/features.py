@@ -19,9 +19,11 @@ with `save_weights: true`, encoder.pt (load_finetuned). Everything else is compu
 features/{set}/train.npy, test.npy.
 
 Image sets read the decode-once cache features/_images/{size}/ (images.py; `image_cache: false`
-decodes per pass instead), `tta: flip` averages each embedding with its mirror image's, and
-`finetune.lora: {r, alpha, ...}` trains LoRA adapters (peft) of a text encoder. Folds as jobs:
-`make features FOLD=k` computes fold k of the per-fold sets; under torchrun the fine-tuning is DDP.
+decodes per pass instead), `tta: flip` averages each embedding with its mirror image's,
+`finetune.lora: {r, alpha, ...}` trains LoRA adapters (peft) of a text encoder, and `cpu_bf16:
+auto` runs a backbone in bf16 autocast on a CPU with native bf16 (float32 elsewhere; a GPU always
+runs bf16). Folds as jobs: `make features FOLD=k` computes fold k of the per-fold sets; under
+torchrun the fine-tuning is DDP.
 
 Cache: each finished set (or fold) has a meta.json holding a key = hash(set config, data
 fingerprint[, folds]); a rerun with the same key does nothing, a killed run redoes only the
@@ -253,6 +255,15 @@ CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "n
 
 # ---------------------------------------------------------------- backbone sets
 
+def _precision(opts: dict) -> dict:
+    """The key's part for `cpu_bf16: auto`: what it means on this host (bf16 or float32 on CPU)."""
+    if opts.get("cpu_bf16") != "auto":
+        return {}
+    from .backbones import use_cpu_bf16
+
+    return {"cpu_bf16_native": use_cpu_bf16("auto")}
+
+
 def _build(opts: dict):
     """The set's backbone; the torch seed is set first so randomly initialised weights (tests,
     `weights: random`) are the same in every process and fold job."""
@@ -297,7 +308,7 @@ def _batch_size(opts: dict) -> int:
 
 def _embed_both(enc, train, test, opts, ctx, desc, items_train=None):
     """Embed every train and test row; `items_train`: the train items the caller already has."""
-    from .backbones import embed
+    from .backbones import embed, use_cpu_bf16
 
     bs, tta = _batch_size(opts), opts.get("tta") == "flip"
     if opts.get("tta") not in (None, False, "flip"):
@@ -305,9 +316,11 @@ def _embed_both(enc, train, test, opts, ctx, desc, items_train=None):
     size = getattr(enc, "size", None)
     if items_train is None:
         items_train = _items(train, opts, "train", size, ctx)
-    Xtr, _, rate = embed(enc, opts["kind"], items_train, bs, opts.get("workers"), desc=f"{desc} train", tta=tta)
+    bf16 = use_cpu_bf16(opts.get("cpu_bf16"))
+    Xtr, _, rate = embed(enc, opts["kind"], items_train, bs, opts.get("workers"), desc=f"{desc} train", tta=tta,
+                         cpu_bf16=bf16)
     Xte, _, _ = embed(enc, opts["kind"], _items(test, opts, "test", size, ctx), bs, opts.get("workers"),
-                      desc=f"{desc} test", tta=tta)
+                      desc=f"{desc} test", tta=tta, cpu_bf16=bf16)
     return Xtr, Xte, rate
 
 
@@ -322,11 +335,11 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test.
 
     Under torchrun every process trains (DDP) and rank 0 alone embeds; the others return None."""
-    from .backbones import dist_info, finetune
+    from .backbones import dist_info, finetune, use_cpu_bf16
 
     ft = dict(opts["finetune"])
     allowed = set(inspect.signature(finetune).parameters) - {"encoder", "kind", "items", "labels", "n_classes",
-                                                              "workers", "desc"}
+                                                              "workers", "desc", "cpu_bf16"}
     if set(ft) - allowed:
         raise DataError(f"config features.sets.{opts['name']}.finetune: unknown keys {sorted(set(ft) - allowed)} "
                         f"(one of {sorted(allowed)})")
@@ -337,7 +350,7 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
     log_ = finetune(enc, opts["kind"], fit_items, y[fit], len(classes), workers=opts.get("workers"),
-                    desc=f"{opts['name']} fold{k}", **ft)
+                    cpu_bf16=use_cpu_bf16(opts.get("cpu_bf16")), desc=f"{opts['name']} fold{k}", **ft)
     if dist_info()[0] > 0:
         return None
     Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}", items)
@@ -462,7 +475,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
     timings = {}
     for name, opts in sets.items():
         folder = root / name
-        base_key = config_hash({"set": opts, "data": data_fp})
+        base_key = config_hash({"set": opts, "data": data_fp, **_precision(opts)})
         per_fold = is_per_fold(opts)
         if per_fold and fold == "shared":
             continue
