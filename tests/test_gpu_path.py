@@ -71,6 +71,7 @@ def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):
 def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(demo_dir, monkeypatch):
     from smart_product import backbones
     from smart_product.backbones import build_image_encoder, build_text_encoder, embed, use_cpu_bf16
+    from smart_product.data import DataError
     from smart_product.features import _precision
 
     train = load_split(demo_dir, "train").head(48)
@@ -95,6 +96,8 @@ def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(dem
         assert use_cpu_bf16("auto") is native
         assert _precision({"cpu_bf16": "auto"}) == {"cpu_bf16_native": native}
     assert _precision({"kind": "text"}) == {}  # sets without the option keep their keys
+    with pytest.raises(DataError, match="features.sets.text.cpu_bf16"):  # before any work
+        _precision({"name": "text", "kind": "text", "cpu_bf16": "yes"})
 
 
 def test_cached_batches_equal_the_dataloader_route_and_fail_loudly(tmp_path):

@@ -256,12 +256,16 @@ CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "n
 # ---------------------------------------------------------------- backbone sets
 
 def _precision(opts: dict) -> dict:
-    """The key's part for `cpu_bf16: auto`: what it means on this host (bf16 or float32 on CPU)."""
-    if opts.get("cpu_bf16") != "auto":
+    """The key's part for `cpu_bf16: auto`: what it means on this host (bf16 or float32 on CPU).
+    A value other than true, false or auto is a config error here, before any work."""
+    if opts.get("cpu_bf16") in (None, False, True):
         return {}
     from .backbones import use_cpu_bf16
 
-    return {"cpu_bf16_native": use_cpu_bf16("auto")}
+    try:
+        return {"cpu_bf16_native": use_cpu_bf16(opts["cpu_bf16"])}
+    except ValueError as exc:
+        raise DataError(f"config features.sets.{opts.get('name')}.{exc}") from None
 
 
 def _build(opts: dict):
@@ -473,9 +477,10 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
     ctx = {"root": root, "data_fp": data_fp}
     train = test = None
     timings = {}
+    keys = {name: config_hash({"set": opts, "data": data_fp, **_precision(opts)}) for name, opts in sets.items()}
     for name, opts in sets.items():
         folder = root / name
-        base_key = config_hash({"set": opts, "data": data_fp, **_precision(opts)})
+        base_key = keys[name]
         per_fold = is_per_fold(opts)
         if per_fold and fold == "shared":
             continue
