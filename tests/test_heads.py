@@ -304,6 +304,25 @@ def test_softmax_head_c_sets_the_l2_strength_by_rows():
     assert (head.predict_proba([X[300:]]).argmax(1) == y[300:]).mean() > 0.5
 
 
+def test_softmax_bags_average_nets_of_consecutive_seeds():
+    """`bags: n`: n nets fit on the same rows with seeds seed..seed+n-1, probabilities averaged;
+    each member is the net one would get with that seed alone. On a noisy problem the bag's
+    log loss beats its average member's (the point of bagging)."""
+    from smart_product.heads.calibrate import log_loss
+
+    X, y = _sparse_problem(n=1200, signal=0.12)
+    kw = dict(hidden=32, epochs=3, lr=0.3, batch_size=128)
+    bag = SoftmaxHead(bags=3, seed=5, **kw).fit([X[:900]], y[:900], 8)
+    assert [m.seed for m in bag.members] == [5, 6, 7]
+    P = bag.predict_proba([X[900:]])
+    alone = [SoftmaxHead(seed=s, **kw).fit([X[:900]], y[:900], 8).predict_proba([X[900:]]) for s in (5, 6, 7)]
+    assert np.allclose(P, sum(alone) / 3, atol=1e-6) and np.allclose(P.sum(1), 1, atol=1e-5)
+    assert log_loss(P, y[900:]) < np.mean([log_loss(A, y[900:]) for A in alone])
+    assert (P.argmax(1) == y[900:]).mean() > 0.5
+    with pytest.raises(DataError, match="bags must be >= 1"):
+        SoftmaxHead(bags=0)
+
+
 ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
                    " tfidf_sparse: {kind: tfidf_sparse}, listing: {kind: listing, by: shop_id}}")
 ALL_KINDS = ("heads={"

