@@ -319,8 +319,9 @@ def test_softmax_bags_average_nets_of_consecutive_seeds():
     assert np.allclose(P, sum(alone) / 3, atol=1e-6) and np.allclose(P.sum(1), 1, atol=1e-5)
     assert log_loss(P, y[900:]) < np.mean([log_loss(A, y[900:]) for A in alone])
     assert (P.argmax(1) == y[900:]).mean() > 0.5
-    with pytest.raises(DataError, match="bags must be >= 1"):
-        SoftmaxHead(bags=0)
+    for bad in (0, "3", 2.5):
+        with pytest.raises(DataError, match="bags must be an integer >= 1"):
+            SoftmaxHead(bags=bad)
 
 
 ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"

@@ -115,8 +115,8 @@ class SoftmaxHead:
         same L2 strength at any catalogue size (with loss squared_hinge: LinearSVC's problem).
         bags: that many models (seeds seed, seed + 1, ...) fit one after the other on the same rows,
         their probabilities averaged."""
-        if int(bags) < 1:
-            raise DataError(f"config heads (softmax): bags must be >= 1, not {bags!r}")
+        if isinstance(bags, bool) or not isinstance(bags, int) or bags < 1:
+            raise DataError(f"config heads (softmax): bags must be an integer >= 1, not {bags!r}")
         if optimizer not in ("adagrad", "adam", "lbfgs"):
             raise DataError(f"config heads (softmax): optimizer must be adagrad, adam or lbfgs, not {optimizer!r}")
         if loss not in LOSSES:
@@ -152,10 +152,10 @@ class SoftmaxHead:
         from .common import BlockStacker
 
         self.members = None
-        if int(self.bags) > 1:  # a bag of nets that differ in their seed: init, row order, dropout
+        if self.bags > 1:  # a bag of nets that differ in their seed: init, row order, dropout
             params = {k: getattr(self, k) for k in inspect.signature(SoftmaxHead).parameters}
             self.members = [SoftmaxHead(**{**params, "bags": 1, "seed": self.seed + i}).fit(blocks, y, n_classes)
-                            for i in range(int(self.bags))]
+                            for i in range(self.bags)]
             self.log = [e for m in self.members for e in m.log]
             self.best_iteration, self.seconds = self.epochs, round(sum(m.seconds for m in self.members), 1)
             return self
