@@ -40,8 +40,12 @@ def main():
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     hold = fold == a.holdout
     inner = sorted(int(f) for f in np.unique(fold[~hold]) if f >= 0)
+    heads = head_configs(cfg)
+    unknown = [h for h in a.heads.split(",") if h not in heads]
+    if unknown:
+        raise SystemExit(f"--heads: {unknown} not in {a.config}'s heads ({', '.join(heads)})")
     for name in a.heads.split(","):
-        hcfg = head_configs(cfg)[name]
+        hcfg = heads[name]
         Xtr, _ = _head_input(cfg, name, hcfg, a.holdout, train[ID].to_numpy(), test[ID].to_numpy())
         X_hold, y_hold = _rows(Xtr, hold), y[hold]
 
