@@ -23,9 +23,12 @@ all: folds features train blend eda   ## the main job: data -> submission
 
 setup: .venv/.done                   ## .venv with everything in requirements.txt
 .venv/.done: requirements.txt pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	  echo "setup: $$free GiB free here; .venv takes about 7 GiB (the PyPI torch wheels carry CUDA)"; \
+	  [ "$$free" -ge 7 ] || echo "setup: WARNING: under 7 GiB free, pip may stop with 'No space left on device'"
 	python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-	.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	.venv/bin/pip install -q --disable-pip-version-check --no-cache-dir -r requirements.txt
+	.venv/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-deps -e .
 	touch $@
 
 demo-data: $(DEMO)                   ## built-in demo data (deterministic)
