@@ -2,7 +2,8 @@
 
 - loop.py        the fold loop (`run_head`, `train_heads`): fit per fold, OOF + test files,
                  calibration and logit adjustment inside the fold, pseudo-label rounds
-- linear.py      `logreg`, `linear` (LogisticRegression / one-vs-rest LinearSVC over feature blocks)
+- linear.py      `logreg`, `linear` (LogisticRegression / one-vs-rest LinearSVC over feature blocks),
+                 `nb` (complement / multinomial naive Bayes over TF-IDF)
 - softmax.py     `softmax` (torch multinomial logistic regression / one-hidden-layer net over TF-IDF)
 - mlp.py         `mlp` (the seed's MLP over dense features)
 - trees.py       `catboost`
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 from ..data import DataError
 from .common import BlockStacker, scores
-from .linear import LinearHead, LogRegHead
+from .linear import LinearHead, LogRegHead, NaiveBayesHead
 from .mlp import MLPHead
 from .neighbours import KnnHead, LfdaKnnHead, ListingHead, make_lfda
 from .softmax import SoftmaxHead
 from .trees import CatBoostHead
 
 HEADS = {"logreg": LogRegHead, "linear": LinearHead, "softmax": SoftmaxHead, "catboost": CatBoostHead,
-         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead, "listing": ListingHead}
+         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead, "listing": ListingHead,
+         "nb": NaiveBayesHead}
 
 
 def make_head(kind: str, params: dict | None, seed: int = 0):
@@ -43,5 +45,5 @@ from .loop import head_configs, head_names, run_head, train_heads  # noqa: E402 
 from .tune import tune_head  # noqa: E402
 
 __all__ = ["HEADS", "make_head", "run_head", "train_heads", "tune_head", "head_configs", "head_names", "scores",
-           "BlockStacker", "LinearHead", "LogRegHead", "MLPHead", "KnnHead", "LfdaKnnHead", "ListingHead", "SoftmaxHead",
+           "BlockStacker", "LinearHead", "LogRegHead", "NaiveBayesHead", "MLPHead", "KnnHead", "LfdaKnnHead", "ListingHead", "SoftmaxHead",
            "CatBoostHead", "make_lfda"]
