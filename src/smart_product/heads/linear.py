@@ -79,8 +79,6 @@ class LinearHead:
         return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
 
 
-
-
 class NaiveBayesHead:
     """Complement naive Bayes (Rennie et al. 2003; sklearn's ComplementNB weights) or multinomial
     naive Bayes over non-negative sparse blocks (TF-IDF). One pass over the counts, no optimisation,
