@@ -11,6 +11,12 @@ from ..data import DataError
 from .common import BlockStacker, _expand
 
 
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of scores (decision values, log-likelihoods)."""
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 class LogRegHead:
     def __init__(self, C: float = 1.0, max_iter: int = 300, seed: int = 0):
         self.C, self.max_iter, self.seed = C, max_iter, seed
@@ -74,8 +80,7 @@ class LinearHead:
             z = z[:, None] if z.ndim == 1 else z
             if len(self.model.classes_) == 2:
                 z = np.hstack([-z, z])
-            z = np.exp(z - z.max(1, keepdims=True))
-            return _expand(z / z.sum(1, keepdims=True), self.model.classes_, self.n_classes)
+            return _expand(_softmax_rows(z), self.model.classes_, self.n_classes)
         return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
 
 
@@ -139,6 +144,4 @@ class NaiveBayesHead:
         return np.asarray(self._stack(blocks) @ self.W.T) + self.bias
 
     def predict_proba(self, blocks):
-        jll = self.joint_log_likelihood(blocks) / self.temperature
-        z = np.exp(jll - jll.max(1, keepdims=True))
-        return _expand(z / z.sum(1, keepdims=True), self.classes_, self.n_classes)
+        return _expand(_softmax_rows(self.joint_log_likelihood(blocks) / self.temperature), self.classes_, self.n_classes)
