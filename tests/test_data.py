@@ -82,6 +82,7 @@ def _set(col, row, value):
     ("dict values nested", "train", _set("text_fields", 4, '{"filters": {"a": [{"b": 1}]}}'), "list items must be strings"),
     ("duplicate id", "train", lambda df: pd.concat([df, df.iloc[[5]]], ignore_index=True), "duplicate product_id"),
     ("missing target", "train", _set("category_id", 7, None), "missing target"),
+    ("no rows", "test", lambda df: df.iloc[:0], "no rows"),
 ])
 def test_validation_errors_are_one_clear_line(demo_dir, copy_data, name, split, change, message):
     df = pd.read_parquet(demo_dir / f"{split}.parquet")

@@ -100,3 +100,14 @@ def test_load_folds_rejects_folds_of_other_data(demo_dir, make_cfg, copy_data):
     assert len(load_folds(cfg, train)) == len(train)
     with pytest.raises(DataError, match="made for other data"):
         load_folds(cfg, train.iloc[:-3])
+
+
+def test_make_folds_with_an_empty_fold_is_one_clear_error(demo_dir, make_cfg, copy_data):
+    """Too few products of repeated classes for k folds: a DataError naming folds.k, not a crash later
+    in a head that is asked to predict no rows."""
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    tiny = pd.concat([train[train.category_id == c].head(2) for c in train.category_id.unique()[:2]])
+    with pytest.raises(DataError, match=r"folds \[\d(, \d)*\] of folds.k=5 get no validation rows"):
+        make_folds(make_cfg(copy_data(train=tiny)))
+    df = pd.read_csv(make_folds(make_cfg(copy_data(train=tiny), "folds.k=2")))
+    assert sorted(df.fold.unique()) == [0, 1]

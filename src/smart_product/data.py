@@ -195,6 +195,9 @@ def _read_parquet(path: Path, split: str, problems: _Problems) -> pd.DataFrame |
 def _check_frame(df: pd.DataFrame, path: Path, split: str, problems: _Problems) -> bool:
     """Column presence, dtypes, targets and ids; returns False if the frame is unusable."""
     usable = True
+    if len(df) == 0:
+        problems.add("no rows", f"{path}: no rows (the {split} split needs at least one product)")
+        usable = False
     for col, (kind, in_train, in_test) in COLUMNS.items():
         required = in_train if split == "train" else in_test
         if col not in df.columns:

@@ -194,6 +194,11 @@ def make_folds(cfg: dict) -> Path:
         policy, why = f"grouped by column {group_col}", "set in the config (folds.group_col)"
     else:
         folds, policy, why = plain, "plain stratified", "set in the config (folds.group_col: null)"
+    empty = [f for f in range(k) if not (folds == f).any()]
+    if empty:  # every head would be asked to predict no rows for these folds
+        raise DataError(f"{data_dir / 'train.parquet'}: folds {empty} of folds.k={k} get no validation rows "
+                        f"({int((folds >= 0).sum())} of {len(folds)} rows can be validated: a class needs 2+ "
+                        f"products{', in 2+ groups' if folds is not plain else ''}); lower folds.k or add products")
     if audit:
         audit["p_oof_chosen"] = float(dups.has_dup_in_training(cluster_train, folds)[folds >= 0].mean())
 

@@ -16,10 +16,14 @@ def _stable_eigh(a, b, dim):
     from scipy.linalg import eigh
 
     n = a.shape[0]
-    try:
-        vals, vecs = eigh(a, b, subset_by_index=[max(0, n - dim), n - 1])
-    except np.linalg.LinAlgError:  # singular within-class scatter: regularise it
-        vals, vecs = eigh(a, b + 1e-6 * np.trace(b) / n * np.eye(n), subset_by_index=[max(0, n - dim), n - 1])
+    for ridge in (0.0, 1e-6, 1e-4, 1e-2, 1.0):  # a singular within-class scatter (few rows a class): regularise
+        try:
+            vals, vecs = eigh(a, b + ridge * max(np.trace(b) / n, 1e-12) * np.eye(n),
+                              subset_by_index=[max(0, n - dim), n - 1])
+            break
+        except np.linalg.LinAlgError:
+            if ridge == 1.0:
+                raise
     signs = np.sign(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])])
     return vals, vecs * np.where(signs == 0, 1, signs)
 
