@@ -62,7 +62,8 @@ def blended(demo_dir, tmp_path_factory):
                              "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}}",
                              "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
                              " knn_tab: {kind: lfda_knn, features: [tabular, tfidf], params: {pca_dim: 32, n_components: 16}}}",
-                             "blend.trials=30", "blend.stack.bags=1"], str(demo_dir))
+                             "blend.trials=30", "blend.stack.bags=1",
+                             "blend.procedures=[optuna_logloss, best_single, stack, stack_groups]"], str(demo_dir))
     make_folds(cfg)
     make_features(cfg)
     metrics = train_heads(cfg)
@@ -75,7 +76,7 @@ def test_blend_not_below_best_single_head_and_writes_valid_submission(blended, d
     assert summary["oof_refit"]["weighted_f1"] >= best_single
     assert summary["best_single_head"]["weighted_f1"] == pytest.approx(best_single)
     assert 0 < summary["oof_held_out"]["weighted_f1"] <= 1
-    # the stacker runs without and with the default group evidence (shop, title words); held out picks
+    # the stacker without and with the default group evidence (shop, title words), as listed; held out picks
     assert {"stack", "stack_groups"} <= set(summary["held_out"]) and summary["chosen"] in summary["held_out"]
     assert summary["oof_held_out"] == summary["held_out"][summary["chosen"]]
     # a weight procedure's weights (the default blend may choose a stacker, which has none)

@@ -412,3 +412,18 @@ def test_lfda_eigensolver_regularises_a_numerically_indefinite_scatter():
     vals, vecs = _stable_eigh(a, b, 4)
     assert vals.shape == (4,) and vecs.shape == (n, 4) and np.isfinite(vecs).all()
     assert np.all(vecs[np.abs(vecs).argmax(0), np.arange(4)] > 0)  # signs fixed
+
+
+def test_catboost_border_count_reaches_catboost():
+    """`border_count` (bins a feature; the demo config uses 32, CatBoost's CPU default is 254) is
+    passed to CatBoost, and the head still learns."""
+    from smart_product.heads import CatBoostHead
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 60)
+    X = rng.normal(size=(len(y), 6)) + np.eye(3, 6)[y] * 3
+    coarse = CatBoostHead(reduce="pca", dim=4, iterations=30, depth=3, border_count=8).fit(X, y, 3)
+    plain = CatBoostHead(reduce="pca", dim=4, iterations=30, depth=3).fit(X, y, 3)
+    assert coarse.model.get_all_params()["border_count"] == 8
+    assert plain.model.get_all_params()["border_count"] == 254
+    assert (coarse.predict_proba(X).argmax(1) == y).mean() > 0.9

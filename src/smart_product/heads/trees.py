@@ -29,7 +29,7 @@ def _reducer(kind: str, X, dim: int, seed: int):
 class CatBoostHead:
     def __init__(self, reduce: str = "pca", dim: int = 64, iterations: int = 1000, learning_rate: float = 0.1,
                  depth: int = 6, early_stopping_rounds: int = 50, inner_frac: float = 0.1,
-                 l2_leaf_reg: float = 3.0, seed: int = 0):
+                 l2_leaf_reg: float = 3.0, border_count: int | None = None, seed: int = 0):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -47,6 +47,7 @@ class CatBoostHead:
         self.model = CatBoostClassifier(
             loss_function="MultiClass", iterations=self.iterations, learning_rate=self.learning_rate,
             depth=self.depth, l2_leaf_reg=self.l2_leaf_reg, random_seed=self.seed, verbose=0,
+            **({"border_count": int(self.border_count)} if self.border_count else {}),
             thread_count=n_cpus(), task_type="GPU" if gpu else "CPU", class_names=list(range(n_classes)),
             allow_writing_files=False)
         self.model.fit(Z[fit], y[fit], eval_set=(Z[val], y[val]) if val.any() else None,
