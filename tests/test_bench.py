@@ -6,7 +6,7 @@ from smart_product import bench as bench_mod
 from smart_product.bench import run_bench
 from smart_product.config import load_config
 
-CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse}}",
+CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}}}",
          "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse, tabular], params: {C: 0.5, solver: svm}}}",
          "blend.trials=10", "blend.stack.bags=1"]   # one stacker net: the bagging has its own test
 LR, SVM = "peer: TF-IDF + LogReg", "peer: TF-IDF + LinearSVC"

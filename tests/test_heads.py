@@ -18,7 +18,7 @@ HEADS = ("heads={"   # logreg: max_iter 200 gives the same OOF F1 in 3x the time
          f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 50}}}},"
          f"mlp: {{kind: mlp, features: {FEATS}, params: {{hidden: [256, 128, 64], max_epochs: 60, patience: 8}}}},"
          f"catboost: {{kind: catboost, features: {FEATS}, params: {{reduce: lfda, dim: 24, iterations: 120,"
-         f"  learning_rate: 0.2, depth: 4}}}},"
+         f"  learning_rate: 0.2, depth: 4, border_count: 32}}}},"
          f"lfda_knn: {{kind: lfda_knn, features: {FEATS}, params: {{pca_dim: 64, n_components: 32}}}}}}")
 
 
@@ -26,7 +26,8 @@ HEADS = ("heads={"   # logreg: max_iter 200 gives the same OOF F1 in 3x the time
 def trained(demo_dir, tmp_path_factory):
     from smart_product.config import load_config
 
-    cfg = load_config(None, [f"out_dir={tmp_path_factory.mktemp('heads')}", CHEAP, HEADS], str(demo_dir))
+    cfg = load_config(None, [f"out_dir={tmp_path_factory.mktemp('heads')}", CHEAP, HEADS,
+                             "pseudo.rounds=0"], str(demo_dir))   # pseudo-labels have their own tests
     make_folds(cfg)
     make_features(cfg)
     return cfg, train_heads(cfg)
@@ -358,7 +359,8 @@ def test_naive_bayes_head_matches_sklearn():
 
 
 ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
-                   " tfidf_sparse: {kind: tfidf_sparse}, listing: {kind: listing, by: shop_id}}")
+                   " tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}},"   # word n-grams: 5x faster svm
+                   " listing: {kind: listing, by: shop_id}}")
 ALL_KINDS = ("heads={"
              "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true},"
              "linear: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true,"
