@@ -359,7 +359,7 @@ def test_naive_bayes_head_matches_sklearn():
 
 
 ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
-                   " tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}},"   # word n-grams: 5x faster svm
+                   " tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}},"   # word n-grams: the svm head 26 -> 9 s
                    " listing: {kind: listing, by: shop_id}}")
 ALL_KINDS = ("heads={"
              "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true},"
