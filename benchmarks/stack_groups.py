@@ -44,7 +44,7 @@ def main():
     classes = runs[0]["classes"]
     y, folds = np.searchsorted(classes, train[TARGET].to_numpy()), load_folds(cfg, train)
     has = ~np.isnan(runs[0]["oof"]).any(1)
-    oofs, tests = [np.nan_to_num(r["oof"]) for r in runs], [r["test"] for r in runs]
+    oofs, tests = [np.nan_to_num(r["oof"]) for r in runs], [r["test_folds"] for r in runs]
     sol = Path(a.data) / "solution.csv"
     y_test = pd.read_csv(sol).set_index("product_id")[TARGET].reindex(runs[0]["test_ids"]).to_numpy() \
         if sol.is_file() else None

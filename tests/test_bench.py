@@ -84,3 +84,46 @@ def test_catalogue_part_is_stratified_small_and_a_valid_catalogue(demo_dir, tmp_
     assert sorted(test.product_id) == sorted(sol.product_id) and len(train) == len(part_)
     sizes = [Image.open(p).size for p in (out / "images" / "train").glob("*.jpg")]
     assert sizes and max(max(s) for s in sizes) <= 32
+
+
+def test_resplit_holds_out_whole_clusters_with_every_class_in_train(demo_dir, tmp_path):
+    """bench.resplit: a fifth of train becomes a labelled pseudo-test split; `grouped` keeps each
+    near-duplicate cluster on one side, and every pseudo-test class keeps training rows."""
+    import numpy as np
+    import pandas as pd
+
+    from smart_product import dups
+    from smart_product.data import load_data, load_split
+
+    cfg = load_config(None, [f"out_dir={tmp_path}"], str(demo_dir))
+    full = load_split(demo_dir, "train")
+    cluster = dict(zip(full.product_id, dups.find_clusters(full, full.iloc[:0], dups.dups_config(cfg))[0]["cluster"]))
+    for kind in ("grouped", "random"):
+        out = bench_mod.make_resplit(cfg, kind, seed=1)
+        train, test = load_data(out)                                          # a valid catalogue
+        sol = pd.read_csv(out / "solution.csv")
+        assert sorted(sol.product_id) == sorted(test.product_id) and "category_id" not in test.columns
+        assert len(train) + len(test) == len(full) and 0.15 < len(test) / len(full) < 0.25
+        assert set(sol.category_id) <= set(train.category_id)                 # no class unseen in train
+        truth = full.set_index("product_id").loc[sol.product_id, "category_id"].to_numpy()
+        assert np.array_equal(sol.category_id.to_numpy(), truth)
+        assert test.has_image.sum() == full.set_index("product_id").loc[test.product_id, "has_image"].sum()
+        split_of = {pid: s for s, f in (("train", train), ("test", test)) for pid in f.product_id}
+        sides = pd.Series([split_of[p] for p in full.product_id]).groupby(
+            pd.Series([cluster[p] for p in full.product_id])).nunique()
+        if kind == "grouped":
+            assert (sides == 1).all()                                         # no cluster crosses the cut
+        else:
+            assert (sides > 1).any()                                          # rows, not clusters
+    with pytest.raises(ValueError, match="grouped or random"):
+        bench_mod.make_resplit(cfg, "by_shop")
+
+
+def test_bench_on_a_resplit_reports_oof_against_pseudo_test(demo_dir, tmp_path):
+    cfg = load_config(None, [f"out_dir={tmp_path}", *CHEAP, "bench.resplit=grouped", "bench.peers=[]"], str(demo_dir))
+    res = run_bench(cfg)
+    assert res["resplit"] == {"kind": "grouped", "seed": 0} and res["test_rows"] < res["train_rows"] / 3
+    blend = next(r for r in res["results"] if r["model"] == "blend")
+    assert 0.5 < blend["test_weighted_f1"] <= 1 and res["blend_oof_minus_test"] == blend["oof_minus_test"]
+    assert res["best_head_by_test"]["model"] == "tfidf_lr"
+    assert "grouped resplit of train" in (tmp_path / "bench" / "results.md").read_text()

@@ -264,3 +264,82 @@ def test_bagged_stacker_averages_nets_early_stopped_on_their_own_inner_splits():
     for bad in (0, 1.5, "many", True):
         with pytest.raises(ValueError):
             Stacker(bags=bad)
+
+
+def _fold_models(n, n_test, c=30, k=5, seed=0):
+    """Two heads whose OOF rows are each one fold model's view of a row (the row's signal + that
+    model's noise) and whose test rows have K such views, one per fold model (test_folds.npy)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n + n_test)
+    probs, tests = [], []
+    for noise, sharp in ((1.0, 1.5), (1.5, 3.0)):
+        z = rng.normal(0, noise, (n + n_test, c))
+        z[np.arange(n + n_test), y] += 2.5
+
+        def view(rows):
+            zz = z[rows] + rng.normal(0, 0.7 * noise, (len(rows), c))
+            e = np.exp(sharp * (zz - zz.max(1, keepdims=True)))
+            return (e / e.sum(1, keepdims=True)).astype(np.float32)
+        probs.append(view(np.arange(n)))
+        tests.append(np.stack([view(np.arange(n, n + n_test)) for _ in range(k)]))
+    return probs, tests, y[:n], y[n:], rng.integers(0, k, n), c
+
+
+def test_stacker_scores_test_rows_from_inputs_of_its_oof_kind():
+    """The fold models' mean is smoother than any one model's OOF view (the heads' confidence
+    drops); stacker k scores fold k's models' test probabilities instead, so its test outputs are
+    distributed as its OOF outputs (mean confidence within 0.02, accuracy within 0.03), unlike
+    its outputs over the fold mean; the test prediction is the mean of the K stackers' outputs."""
+    from smart_product.stack import make_stacker
+
+    probs, tests, y, y_test, folds, c = _fold_models(2000, 3000)
+    conf = [float(p.max(1).mean()) for p in probs]
+    assert all(float(T.mean(0).max(1).mean()) < cf - 0.04 for T, cf in zip(tests, conf))     # smoother
+    assert all(abs(float(T[0].max(1).mean()) - cf) < 0.02 for T, cf in zip(tests, conf))       # one model: not
+    params = {"top": 15, "hidden": 8, "max_steps": 300, "batch_size": 256, "seed": 0}
+    has = np.ones(len(y), bool)
+    oof, test, info = cross_fit(probs, tests, y, folds, has, c, params)
+    assert "fold models' test probabilities" in info["test_from"]
+    per_fold = []
+    for k in range(5):
+        st = make_stacker(params).fit(probs, y, c, rows=folds != k, folds=folds)
+        val = st.predict_proba(probs, rows=folds == k)
+        assert np.allclose(val, oof[folds == k], atol=1e-6)
+        per_fold.append(st.predict_proba([T[k] for T in tests]))
+    per_fold = np.stack(per_fold)
+    shift = abs(per_fold.max(2).mean() - oof.max(1).mean())
+    assert shift < 0.02                                                                    # as confident
+    assert abs((per_fold.argmax(2) == y_test).mean() - (oof.argmax(1) == y).mean()) < 0.03  # as accurate
+    assert np.allclose(test, per_fold.mean(0), atol=1e-6)
+    _, from_mean, _ = cross_fit(probs, [T.mean(0) for T in tests], y, folds, has, c, params)
+    assert abs(from_mean.max(1).mean() - oof.max(1).mean()) > shift + 0.01              # the fold mean: shifted
+    assert (test.argmax(1) == y_test).mean() >= (oof.argmax(1) == y).mean() - 0.02    # OOF predicts test
+
+
+def test_group_evidence_of_a_test_row_is_counted_like_a_training_rows(monkeypatch):
+    """A training row's group counts leave its own fold out (3 of stacker k's 4 folds at K = 5);
+    a predicted row's are counted with each training fold left out in turn, so log(1 + n_g) is
+    distributed alike for both, not a quarter larger for the predicted rows."""
+    from smart_product import stack
+
+    probs, y, folds, c = _synthetic_heads(n=1500, seed=4)
+    shop = np.random.default_rng(1).integers(0, 20, len(y))                  # ~75 rows a shop
+    seen = {"fit": [], "predict": []}
+    phase = ["fit"]
+    real = stack.GroupPrior.features
+
+    def spy(self, codes, cand, row_folds=None):
+        out = real(self, codes, cand, row_folds)
+        seen[phase[0]].append(np.expm1(out[1][:, 0]))                         # n_g per row
+        return out
+
+    monkeypatch.setattr(stack.GroupPrior, "features", spy)
+    st = stack.Stacker(top=10, hidden=0, max_steps=50, groups=["shop"]).fit(probs, y, c, rows=folds != 0,
+                                                                         groups=shop[:, None], folds=folds)
+    phase[0] = "predict"
+    st.predict_proba(probs, rows=folds == 0, groups=shop[:, None])
+    assert len(seen["predict"]) == 4                                        # one pass a left-out fold
+    n_fit, n_pred = np.concatenate(seen["fit"]).mean(), np.concatenate(seen["predict"]).mean()
+    assert abs(n_pred / n_fit - 1) < 0.05, (n_fit, n_pred)
+    all_folds = real(st.group_priors[0], shop[folds == 0], np.zeros(((folds == 0).sum(), 10), np.int64))[1]
+    assert np.expm1(all_folds[:, 0]).mean() / n_fit > 1.25                  # all training rows: a third more

@@ -105,7 +105,7 @@ def run_ablation(cfg: dict) -> list[dict]:
         extra, extra_test, g, g_test = extras
         if not groups:
             g = g_test = None
-        oof, test, _ = cross_fit([runs[h]["oof"] for h in heads], [runs[h]["test"] for h in heads], y, folds, has,
+        oof, test, _ = cross_fit([runs[h]["oof"] for h in heads], [runs[h]["test_folds"] for h in heads], y, folds, has,
                                  len(classes), params, extra, extra_test, g, g_test)
         return row(label, np.nan_to_num(oof), test, heads, time.time() - t0)
 

@@ -12,7 +12,8 @@ fitting the OOF set: each procedure is scored out of fold, fold k's rows by its 
 the other folds' OOF rows (its *held-out* weighted F1, printed beside the best single head and
 the equal-weight mean; for the stacker that is its cross-fit OOF, kept for the final blend). The
 procedure that wins out of sample is refit on all folds and applied to the test
-probabilities, if that refit is also no worse than the best single head on OOF (else the next
+probabilities (a temperature to each fold model's, as to the OOF rows; the stacker's K fold fits
+each to its fold models', averaged: stack.py), if that refit is also no worse than the best single head on OOF (else the next
 procedure by held-out score; `best_single` always qualifies), so a blend that only fits OOF noise
 is not used. `blend.procedures` limits the
 candidates. Each search is seeded with each head alone and the equal-weight mean, and runs on at
@@ -149,24 +150,36 @@ def prior_correction(P, y, folds, has, splits, taus) -> dict:
     return out
 
 
-def stacking(params, side, oofs, tests, y_all, folds, has, n_classes):
-    """A stacker procedure (stack.py): held out = its cross-fit OOF (fold k's rows from a stacker
-    fit on the other folds), kept; final = that OOF + one fit on all rows for the test rows.
+def stacking(params, side, oofs, test_folds, y_all, folds, has, n_classes):
+    """A stacker procedure (stack.py): held out = its cross-fit OOF (fold k's rows from stacker k,
+    fit on the other folds); final = that OOF, and the test rows from each stacker k over fold k's
+    models' test probabilities (`test_folds`, per head K x n_test x C), averaged.
     side: stack.row_side's (extra, extra_test, groups, groups_test); groups None = none."""
-    from .stack import fold_fits, full_fit
+    from .stack import cross_fit
 
     extra, extra_test, groups, groups_test = side
     made = {}
 
     def held_out():
-        made["oof"], made["folds"] = fold_fits(oofs, y_all, folds, has, n_classes, params, extra, groups)
+        made["oof"], made["test"], made["info"] = cross_fit(oofs, test_folds, y_all, folds, has, n_classes, params,
+                                                            extra, extra_test, groups, groups_test)
         return made["oof"].argmax(1)  # NaN rows (never validated) are not scored
 
     def final():
-        test, info = full_fit(oofs, tests, y_all, folds, has, n_classes, params, extra, extra_test, groups,
-                              groups_test, made["folds"])
-        return np.nan_to_num(made["oof"]), test, {"stacker": {"params": params, **info}}
+        return np.nan_to_num(made["oof"]), made["test"], {"stacker": {"params": params, **made["info"]}}
     return held_out, final
+
+
+def fold_tempered_test(run: dict, T: float) -> np.ndarray:
+    """A head's test probabilities for a weight procedure with temperature T. The temperature was
+    chosen on OOF rows, each one fold model's prediction, so it is applied to each fold model's
+    test probabilities before they are averaged (test_folds.npy); a head whose test.npy is one full
+    fit (`test_from: full`) is a single model's already. T = 1: test.npy as it is."""
+    full = (run["metrics"].get("fold_keys") or {}).get("-1") is not None
+    if T == 1.0 or full or run.get("test_folds") is None:
+        return tempered(run["test"], T)
+    F = run["test_folds"]
+    return sum(tempered(np.asarray(F[k], np.float32), T) for k in range(len(F))) / len(F)
 
 
 def run_blend(cfg: dict) -> dict:
@@ -219,8 +232,8 @@ def run_blend(cfg: dict) -> dict:
 
         def final():
             w = choose(has)
-            return (combine(oofs, w["weights"], w["temperatures"]), combine([r["test"] for r in runs], w["weights"],
-                                                                             w["temperatures"]), w)
+            tests = [fold_tempered_test(r, t) for r, t in zip(runs, w["temperatures"])]  # tempered as the OOF rows
+            return combine(oofs, w["weights"], w["temperatures"]), combine(tests, w["weights"]), w
         return held_out, final
 
     # held-out check: each procedure is scored out of fold (fold k's rows by its choice on the
@@ -238,7 +251,11 @@ def run_blend(cfg: dict) -> dict:
         params = {"seed": seed, **(scfg or {})}
         make_stacker(params)  # a bad config key fails here, before any fit
         side = row_side(cfg, params.get("groups"))
-        args = (oofs, [r["test"] for r in runs], y_all, folds, has, len(classes))
+        missing = [h for h, r in zip(heads, runs) if r["test_folds"] is None]
+        if missing:
+            raise DataError(f"oof/{missing[0]}: no test_folds.npy (each fold model's test probabilities, which the "
+                            f"stacker scores fold by fold); rerun `make train`")
+        args = (oofs, [r["test_folds"] for r in runs], y_all, folds, has, len(classes))
         procedures["stack"] = stacking({**params, "groups": []}, (*side[:2], None, None), *args)
         if params.get("groups"):
             procedures["stack_groups"] = stacking(params, side, *args)

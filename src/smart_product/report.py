@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def load_oof(out_dir, name: str) -> dict:
-    """One oof/{name}/ folder as arrays: oof, test, classes, train_ids, test_ids (+ metrics)."""
+    """One oof/{name}/ folder as arrays: oof, test, classes, train_ids, test_ids, test_folds (None
+    where the folder has none) (+ metrics)."""
     folder = Path(out_dir) / "oof" / name
     files = ["oof", "test", "classes", "train_ids", "test_ids"]
     missing = [f for f in files if not (folder / f"{f}.npy").is_file()]
@@ -35,6 +36,8 @@ def load_oof(out_dir, name: str) -> dict:
         raise DataError(f"{folder}/oof.npy: shape {out['oof'].shape} does not match ids x classes")
     metrics = folder / "metrics.json"
     out["metrics"] = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    folds = folder / "test_folds.npy"  # K x n_test x classes, each fold model's (memory-mapped)
+    out["test_folds"] = np.load(folds, mmap_mode="r") if folds.is_file() else None
     return out
 
 

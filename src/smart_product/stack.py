@@ -16,9 +16,17 @@ all classes, instead of one weight per head x class x class:
   the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small), early-stopped on
   an inner split; `bags` nets on different inner splits averaged (`auto`: more nets on fewer rows).
 
-Fold discipline (DESIGN.md, one level up): the stacker that predicts fold k's rows is fit only
-on OOF rows of the other folds; the test rows are predicted by one stacker fit on all OOF rows,
-from the heads' test probabilities. A row outside the candidates gets probability 0.
+Fold discipline (DESIGN.md, one level up): stacker k, fit only on OOF rows of the folds != k,
+predicts fold k's rows. A stacker must see at prediction time inputs of the kind it was fit on,
+or it can lose to its own best input head while its OOF says it wins:
+- the heads' probabilities: an OOF row's come from one fold model that never saw it, so the test
+  rows are scored fold by fold, stacker k over fold k's models' test probabilities (the heads'
+  test_folds.npy), and the K stacked outputs are averaged; never the heads' fold mean (smoother,
+  less confident) nor a full fit;
+- the group evidence: a training row's counts leave its own fold out, so a predicted row's
+  (fold k's rows, test rows) are counted with each training fold left out in turn, and the
+  stacked outputs averaged over those folds: the same number of counted rows as in the fit.
+A row outside the candidates gets probability 0.
 """
 from __future__ import annotations
 
@@ -60,8 +68,8 @@ def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, l
 
 class GroupPrior:
     """Class counts per group (e.g. per shop) of the level-2 training rows, kept per fold so that
-    a training row's evidence leaves out its own fold (its own label included) and a predicted
-    row's uses every training row. Features of (row, candidate c) for a group g of n_g counted rows:
+    a training row's evidence leaves out its own fold (its own label included); the stacker counts
+    a predicted row's with one training fold left out (`row_folds`), each in turn. Features of (row, candidate c) for a group g of n_g counted rows:
     log((count[g, c] + alpha * prior[c]) / (n_g + alpha)) and log(1 + n_g). A group never seen
     (or the code -1) gives the class prior and 0."""
 
@@ -245,25 +253,29 @@ class Stacker:
     def predict_proba(self, probs: list[np.ndarray], extra: np.ndarray | None = None, rows: np.ndarray | None = None,
                       batch: int = 8192, groups: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of `rows` (indices or a mask; default all), len(rows) x classes; groups
-        as in fit (their evidence: every level-2 training row)."""
+        as in fit. Their evidence is counted as for a training row, one training fold left out,
+        and the probabilities are averaged over the folds left out."""
         import torch
 
         n_classes = probs[0].shape[1]
         groups = self._group_codes(groups, len(probs[0]))
         rows = np.arange(len(probs[0])) if rows is None else (np.flatnonzero(rows) if rows.dtype == bool else rows)
         out = np.zeros((len(rows), n_classes), np.float32)
+        left_out = [None] if groups is None else list(self.group_priors[0].folds)
         for s in range(0, len(rows), batch):
             r = rows[s:s + batch]
-            part = [P[r] for P in probs]
+            part = [np.asarray(P[r], np.float32) for P in probs]
             cand = candidates(part, self.top)
             meta = (row_meta(part, None if extra is None else extra[r]) - self.meta_mean) / self.meta_std
-            gf = [] if groups is None else [f for g, gp in enumerate(self.group_priors)
-                                            for f in gp.features(groups[r, g], cand)]
-            X = (pair_features(part, cand, meta, self.log_prior, gf) - self.mean) / self.std
-            X = torch.from_numpy(X.astype(np.float32))
-            with torch.no_grad():
-                p = sum(torch.softmax(net(X), 1) for net in self.nets).numpy() / len(self.nets)
-            np.put_along_axis(out[s:s + batch], cand, p, 1)
+            p = 0.0
+            for f in left_out:
+                gf = [] if f is None else [x for g, gp in enumerate(self.group_priors)
+                                           for x in gp.features(groups[r, g], cand, np.full(len(r), f))]
+                X = torch.from_numpy(((pair_features(part, cand, meta, self.log_prior, gf) - self.mean)
+                                      / self.std).astype(np.float32))
+                with torch.no_grad():
+                    p = p + sum(torch.softmax(net(X), 1) for net in self.nets).numpy() / len(self.nets)
+            np.put_along_axis(out[s:s + batch], cand, p / len(left_out), 1)
         return out
 
 
@@ -277,46 +289,45 @@ def make_stacker(params: dict) -> Stacker:
         raise DataError(f"config blend.stack: {exc}") from None
 
 
-def fold_fits(probs, y, folds, has, n_classes, params, extra=None, groups=None):
-    """The stacker's OOF: fold k's rows from a stacker fit on the other folds' OOF rows. Returns
-    (oof with NaN rows, one info dict per fold)."""
-    from tqdm import tqdm
-
-    oof = np.full((len(y), n_classes), np.nan, np.float32)
-    info = []
-    for k in tqdm(sorted(set(folds[has].tolist())), desc="stacker folds", mininterval=1):
-        t0, fit_rows, val_rows = time.time(), has & (folds != k), has & (folds == k)
-        st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
-        oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
-        info.append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
-                     "seconds": round(time.time() - t0, 2)})
-    return oof, info
-
-
-def full_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
-             groups_test=None, fold_info=()):
-    """The test rows' probabilities from one stacker fit on all OOF rows; logs it beside the fold
-    fits' `fold_info`. Returns (test, info)."""
-    t0 = time.time()
-    st = make_stacker(params).fit(probs, y, n_classes, extra, rows=has, groups=groups, folds=folds)
-    test = st.predict_proba(test_probs, extra_test, groups=groups_test)
-    seconds = sum(f["seconds"] for f in fold_info) + time.time() - t0
-    info = {"folds": list(fold_info), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
-            "seconds": round(seconds, 1)}
-    fold_nets = "/".join(str(n) for n in sorted({f["nets"] for f in fold_info}))
-    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each) + 1 full "
-             "fit (%d) in %.0fs", 100 * st.recall, len(fold_info), fold_nets, len(st.nets), seconds)
-    return test, info
+def fold_test_probs(test_probs, k: int) -> list[np.ndarray]:
+    """Fold k's models' test probabilities, one n_test x C matrix a head, from each head's
+    K x n_test x C array (test_folds.npy); a head given as one n_test x C matrix serves every fold."""
+    return [np.asarray(T[k] if T.ndim == 3 else T, np.float32) for T in test_probs]
 
 
 def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
               groups_test=None):
-    """OOF of the stacker (fold k's from a stacker fit on the other folds) and its test
-    probabilities (one stacker fit on all OOF rows). Returns (oof with NaN rows, test, info)."""
-    oof, fold_info = fold_fits(probs, y, folds, has, n_classes, params, extra, groups)
-    test, info = full_fit(probs, test_probs, y, folds, has, n_classes, params, extra, extra_test, groups,
-                          groups_test, fold_info)
-    return oof, test, info
+    """The stacker's OOF and test probabilities, one stacker a fold: stacker k is fit on the OOF
+    rows of the other folds, predicts fold k's rows, and predicts the test rows from fold k's
+    models' test probabilities (`test_probs`: per head K x n_test x C, the fold order of `folds`);
+    the test rows get the mean of the K stackers' outputs. Returns (oof with NaN rows, test, info)."""
+    from tqdm import tqdm
+
+    t_all = time.time()
+    oof = np.full((len(y), n_classes), np.nan, np.float32)
+    test = np.zeros((len(test_probs[0]) if test_probs[0].ndim == 2 else test_probs[0].shape[1], n_classes), np.float32)
+    ks = sorted(set(folds[has].tolist()))
+    bad = [T.shape[0] for T in test_probs if T.ndim == 3 and T.shape[0] != len(ks)]
+    if bad:
+        from .data import DataError
+
+        raise DataError(f"stacker: heads hold {bad[0]} fold models' test probabilities, the folds are {len(ks)} "
+                        "(rerun `make train`)")
+    info, recall = [], []
+    for i, k in enumerate(tqdm(ks, desc="stacker folds", mininterval=1)):
+        t0, fit_rows, val_rows = time.time(), has & (folds != k), has & (folds == k)
+        st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
+        oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
+        test += st.predict_proba(fold_test_probs(test_probs, i), extra_test, groups=groups_test) / len(ks)
+        recall.append(st.recall)
+        info.append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
+                     "seconds": round(time.time() - t0, 2)})
+    seconds = round(time.time() - t_all, 1)
+    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each), each "
+             "scoring its fold's rows and its fold models' test probabilities, in %.0fs", 100 * np.mean(recall),
+             len(ks), "/".join(str(n) for n in sorted({f["nets"] for f in info})), seconds)
+    return oof, test, {"folds": info, "candidate_recall": round(float(np.mean(recall)), 4), "seconds": seconds,
+                       "test_from": "each fold's stacker over its fold models' test probabilities, averaged"}
 
 
 def row_side(cfg: dict, groups=()) -> tuple:

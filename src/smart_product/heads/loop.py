@@ -18,8 +18,8 @@ test rows that fold k's round r-1 models (of `sources`, default `heads`) label w
 Artifacts, oof/{head}/: oof.npy (n_train x n_classes float32, NaN rows = never validated),
 test.npy (n_test x n_classes), classes.npy (category ids = column order), train_ids.npy,
 test_ids.npy, metrics.json (per fold + overall), config.json (the head config it ran with),
-test_folds.npy (K x n_test x n_classes float16, each fold model's test probabilities; only for
-heads that feed pseudo-labels).
+test_folds.npy (K x n_test x n_classes float16, each fold model's test probabilities: the blend's
+stacker scores them fold by fold, as it scored the OOF rows, and pseudo-label rounds read them).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _write_fold(folder: Path, key: str, P_val, P_te, m: dict) -> None:
 
 def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None, write: bool = True,
              force: bool = False, pseudo: dict | None = None, out_name: str | None = None,
-             save_test_folds: bool = False, fold_job: int | None = None) -> dict:
+             fold_job: int | None = None) -> dict:
     """Fit head `name` on every fold; write oof/{out_name or name}/; return its metrics.
 
     `params` overrides the config's params (tuning); `folds_to_run` limits the folds (tuning).
@@ -197,8 +197,7 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         fold_keys = {str(f): fold_key(cfg, hcfg, params, f, _pseudo_fold(pseudo, f))
                      for f in [*range(k), *([-1] if full_fit else [])]}
         key = config_hash(fold_keys)
-        if stored and folds_to_run is None and stored.get("key") == key and \
-                (not save_test_folds or (out / "test_folds.npy").is_file()):
+        if stored and folds_to_run is None and stored.get("key") == key and (out / "test_folds.npy").is_file():
             log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", out_name)
             return stored
     train = load_split(cfg["data_dir"], "train", parse_text=False)
@@ -256,7 +255,7 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     oof = np.full((len(train), n_classes), np.nan, np.float32)
     test_pred = np.zeros((len(test), n_classes), np.float32)
     folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
-    test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if save_test_folds else None
+    test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if write else None
     reused, per_fold, t_all, reused_s = [], [], time.time(), 0.0
     runs = folds_to_run + ([-1] if full_fit and write else [])
     for i, fold in enumerate(tqdm(runs, desc=f"{out_name} folds", mininterval=1)):
@@ -339,8 +338,7 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
     if pcfg["rounds"] and skipped:
         log.warning("pseudo: %s skipped on this catalogue; no pseudo-label rounds", sorted(set(skipped)))
         pcfg["rounds"] = 0
-    sources = set(pcfg["sources"]) if pcfg["rounds"] else set()
-    results = {n: run_head(cfg, n, force=force, save_test_folds=n in sources, fold_job=fold) for n in names}
+    results = {n: run_head(cfg, n, force=force, fold_job=fold) for n in names}
     if pcfg["rounds"] and not only:
         results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
     return results

@@ -88,8 +88,7 @@ def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False, fold: int | No
                  pcfg["threshold"], ", ".join(prev))
         for h in pcfg["heads"]:
             name = f"{h}_pl{r}"
-            m = run_head(cfg, h, pseudo=labels, out_name=name, force=force, save_test_folds=r < pcfg["rounds"],
-                         fold_job=fold)
+            m = run_head(cfg, h, pseudo=labels, out_name=name, force=force, fold_job=fold)
             if fold is None:
                 base = last[h] or results.get(h) or _metrics(cfg, h)
                 gain = m["overall"]["weighted_f1"] - base["overall"]["weighted_f1"]
