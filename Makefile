@@ -76,8 +76,8 @@ score:                               ## SUB=file SOLUTION=file: local leaderboar
 validate-sub:                        ## SUB=file: every test id once, only train categories
 	$(RUN) validate-sub $(ARGS) --sub $(SUB)
 
-bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x]: pipeline + peer, timings -> OUT/bench/
-	$(RUN) bench $(ARGS)
+bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x] [RESPLIT=grouped|random SEED=n]: pipeline + peer, timings -> OUT/bench/
+	$(RUN) bench $(ARGS) $(if $(RESPLIT),bench.resplit=$(RESPLIT) bench.resplit_seed=$(or $(SEED),0))
 
 bench-images: $(DATADEP)             ## image set fine-tune + embed: per-image decoding vs decode-once cache -> OUT/bench/images.md
 	$(RUN) bench-images $(ARGS)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from smart_product.backbones import autocast, build_image_encoder, device, embed, n_workers  # noqa: E402
+from smart_product.backbones import autocast, build_image_encoder, device, embed  # noqa: E402
+from smart_product.config import n_workers  # noqa: E402
 from smart_product.images import CachedBatches, CachedImageSet, image_cache  # noqa: E402
 
 

@@ -29,16 +29,17 @@ import numpy as np
 
 def blend_again(run: Path, config: str, sets: list[str]) -> None:
     """Rerun the blend of a finished resplit run from its heads' files; rescore it in results.json."""
-    import pandas as pd
     from sklearn.metrics import f1_score
+
+    from smart_product.data import read_labels
 
     data = run / "resplit"
     subprocess.run([sys.executable, "-m", "smart_product", "blend", "--config", config, "--data", str(data),
                     f"out_dir={run.resolve()}", *sets], check=True)
     res = json.loads((run / "bench" / "results.json").read_text())
     w = json.loads((run / "oof" / "blend" / "weights.json").read_text())
-    sol = pd.read_csv(data / "solution.csv").set_index("product_id")["category_id"]
     ids, classes = np.load(run / "oof" / "blend" / "test_ids.npy"), np.load(run / "oof" / "blend" / "classes.npy")
+    sol = read_labels(data / "solution.csv", classes).set_index("product_id")["category_id"]
     pred = classes[np.load(run / "oof" / "blend" / "test.npy").argmax(1)]
     test_f1 = round(float(f1_score(sol.reindex(ids).to_numpy(), pred, average="weighted", zero_division=0)), 4)
     row = next(r for r in res["results"] if r["model"] == "blend")

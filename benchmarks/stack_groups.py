@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from smart_product.blend import load_oof
 from smart_product.config import load_config
-from smart_product.data import TARGET, load_split
+from smart_product.data import TARGET, load_split, read_labels
 from smart_product.folds import load_folds
 from smart_product.heads import head_names, scores
 from smart_product.report import available
@@ -46,7 +45,7 @@ def main():
     has = ~np.isnan(runs[0]["oof"]).any(1)
     oofs, tests = [np.nan_to_num(r["oof"]) for r in runs], [r["test_folds"] for r in runs]
     sol = Path(a.data) / "solution.csv"
-    y_test = pd.read_csv(sol).set_index("product_id")[TARGET].reindex(runs[0]["test_ids"]).to_numpy() \
+    y_test = read_labels(sol, classes).set_index("product_id")[TARGET].reindex(runs[0]["test_ids"]).to_numpy() \
         if sol.is_file() else None
     print("heads:", ", ".join(heads))
     for v in a.variants:

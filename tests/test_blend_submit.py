@@ -151,3 +151,36 @@ def test_report_splits_oof_by_near_duplicate_in_training(blended):
     lr = next(r for r in rows if r["name"] == "lr_text")
     assert lr["rows_with_dup"] == 0 and lr["rows_without_dup"] == heads["lr_text"]["rows"]
     assert lr["without_dup"] == pytest.approx(heads["lr_text"]["weighted_f1"], abs=1e-4)
+
+
+def test_string_category_ids_run_end_to_end_and_come_back_as_given(demo_dir, copy_data, tmp_path):
+    """A catalogue that names its classes: ids are kept as text ("007" stays "007") in the OOF
+    class order, the submission and the local score; nothing is read back through pickle."""
+    from smart_product.config import load_config
+    from smart_product.data import load_split
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+    from smart_product.heads import train_heads
+    from smart_product.submit import read_submission, score_submission
+
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    name = {c: f"00{c}" if c % 2 else f"cat {c}" for c in train.category_id.unique()}   # "003369", "cat 3026"
+    data = copy_data(train=train.assign(category_id=train.category_id.map(name)))
+    sol = pd.read_csv(demo_dir / "solution.csv")
+    sol.assign(category_id=sol.category_id.map(name)).to_csv(data / "solution.csv", index=False)
+    assert load_split(data, "train")["category_id"].isin(name.values()).all()
+    cfg = load_config(None, [f"out_dir={tmp_path / 'work'}", "features.sets={tfidf: {kind: tfidf, svd_dim: 32}}",
+                             "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
+                             " lr_strong: {kind: logreg, features: [tfidf], params: {C: 1.0}}}",
+                             "blend.trials=5", "blend.stack.bags=1", "blend.stack.max_steps=100"], str(data))
+    make_folds(cfg)
+    make_features(cfg)
+    train_heads(cfg)
+    run_blend(cfg)
+    classes = np.load(tmp_path / "work" / "oof" / "lr_text" / "classes.npy")            # no allow_pickle
+    assert classes.dtype.kind == "U" and set(classes) == set(name.values())
+    sub_path = tmp_path / "work" / "submissions" / "blend.csv"
+    sub = read_submission(sub_path)
+    assert set(sub.category_id) <= set(name.values()) and any(c.startswith("00") for c in sub.category_id)
+    assert set(pd.read_parquet(sub_path.with_suffix(".parquet")).predicted_category_id) <= set(name.values())
+    assert score_submission(sub_path, data / "solution.csv")["weighted_f1"] > 0.3            # far above chance (60)

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,6 +73,8 @@ def _set(col, row, value):
     ("missing target column", "train", lambda df: df.drop(columns="category_id"), "column 'category_id': missing column"),
     ("wrong dtype", "train", lambda df: df.assign(rating=df.rating.astype(str)), "column 'rating': wrong dtype"),
     ("wrong id dtype", "test", lambda df: df.assign(product_id=df.product_id.astype(str)), "column 'product_id': wrong dtype"),
+    ("float category ids", "train", lambda df: df.assign(category_id=df.category_id + 0.5), "column 'category_id': wrong dtype"),
+    ("mixed category ids", "train", _set("category_id", 3, "shoes"), "column 'category_id': wrong dtype"),
     ("not json", "train", _set("text_fields", 3, "{title: oops"), "not valid JSON"),
     ("not an object", "test", _set("text_fields", 2, "[1, 2]"), "expected a JSON object, got list"),
     ("title not str", "train", _set("text_fields", 4, '{"title": 5}'), "'title': expected a string, got int"),

@@ -330,7 +330,6 @@ def test_naive_bayes_head_matches_sklearn():
     (computed here in float32 from a sparse indicator), probabilities are softmax(jll / temperature)
     in the full class order (0 for a class absent from the fit rows), it beats chance held out,
     and dense, negative or misconfigured input raises a clear error."""
-    from scipy import sparse
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
 
     from smart_product.heads import NaiveBayesHead

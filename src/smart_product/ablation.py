@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .data import ID, TARGET, load_split
+from .data import ID, TARGET, load_split, read_labels
 from .folds import load_folds
 from .heads import head_names, scores
 from .heads.calibrate import class_prior, fold_adjusted, fold_priors, logit_adjusted, tempered
@@ -63,7 +62,7 @@ def run_ablation(cfg: dict) -> list[dict]:
     sol = Path(cfg["data_dir"]) / "solution.csv"
     y_test = None
     if sol.is_file():
-        s = pd.read_csv(sol).set_index(ID)[TARGET]
+        s = read_labels(sol, classes).set_index(ID)[TARGET]
         y_test = s.reindex(ref["test_ids"]).to_numpy()
 
     def row(label, oof, test, heads, extra_s=0.0):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .config import n_workers
 from .images import BatchAugment, CachedBatches, CachedImageSet, CachedRows, has_path
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,6 @@ def autocast(dev: torch.device, cpu_bf16: bool = False):
     if dev.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cpu_bf16))
-
-
-def n_workers(requested=None) -> int:
-    if requested is not None:
-        return int(requested)
-    from .config import n_cpus
-
-    return min(16, max(0, n_cpus() - 1))
 
 
 # ---------------------------------------------------------------- encoders

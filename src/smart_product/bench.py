@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .config import n_cpus
-from .data import ID, TARGET, DataError, load_data
+from .data import ID, TARGET, DataError, label_array, load_data, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,9 @@ def run_bench(cfg: dict) -> dict:
     pipeline_rss = peak_rss_gib()  # before the peer: its lbfgs over 100k+ sparse columns is memory-hungry
 
     train, test = load_data(data_dir)
-    sol = pd.read_csv(sol_path).set_index(ID)[TARGET]
+    sol = read_labels(sol_path, np.unique(label_array(train[TARGET]))).set_index(ID)[TARGET]
     y_test = sol.reindex(test[ID]).to_numpy()
-    if np.isnan(y_test.astype(float)).any():
+    if pd.isna(y_test).any():
         raise DataError(f"{sol_path}: does not cover every test product_id")
 
     def test_f1(pred):
@@ -255,7 +255,7 @@ def run_bench(cfg: dict) -> dict:
                  if res["resplit"] else ""),
               f"- blend test error / stronger peer's ({res['stronger_peer']}) test error: "
                   f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
-              f"- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())
+              "- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())
               + f"; pipeline {pipeline_s}s; peers " + ", ".join(f"{k} {v}s" for k, v in peer_s.items()),
               "- heads: " + ", ".join(f"{k} {v}s" for k, v in res["head_seconds"].items()),
               f"- peak RSS: pipeline {res['peak_rss_gib']} GiB, with the peer {res['peak_rss_with_peer_gib']} GiB; "

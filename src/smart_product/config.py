@@ -88,6 +88,13 @@ def n_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def n_workers(requested=None) -> int:
+    """Data-loading worker processes: `requested`, else one a core but one, at most 16."""
+    if requested is not None:
+        return int(requested)
+    return min(16, max(0, n_cpus() - 1))
+
+
 def config_hash(section: Any) -> str:
     """Stable short hash of a config section (cache keys)."""
     blob = json.dumps(section, sort_keys=True, default=str).encode()

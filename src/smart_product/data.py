@@ -40,7 +40,7 @@ ID = "product_id"
 # column -> (kind, required in train, required in test); kinds are checked by `_check_dtypes`
 COLUMNS = {
     ID: ("int", True, True),
-    TARGET: ("int", True, False),
+    TARGET: ("label", True, False),    # int ids, or str (classes named as the catalogue names them)
     "shop_id": ("int", True, True),
     "shop_title": ("str", True, True),
     "rating": ("float", True, True),
@@ -178,7 +178,30 @@ def _is_kind(series: pd.Series, kind: str) -> bool:
         return pd.api.types.is_integer_dtype(dtype) and set(series.dropna().unique()) <= {0, 1}
     if kind == "str":
         return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+    if kind == "label":  # int, or text: every value a str
+        return pd.api.types.is_integer_dtype(dtype) or (
+            _is_kind(series, "str") and series.dropna().map(lambda v: isinstance(v, str)).all())
     raise ValueError(kind)
+
+
+def label_array(values) -> np.ndarray:
+    """Category ids as the catalogue gives them: int64, or str (numpy unicode, never an object
+    array, so classes.npy loads without pickle)."""
+    a = np.asarray(values)
+    return a.astype(np.int64) if a.dtype.kind in "iub" else a.astype(str)
+
+
+def read_labels(path, classes=None) -> pd.DataFrame:
+    """A CSV of product_id, category_id (solution.csv, a submission) with the ids as written: read
+    as text, then as int64 when `classes` (the train split's) are ints, or text when they are not
+    ("007" stays "007"); classes None: int64 where every value is an integer."""
+    df = pd.read_csv(path, dtype={TARGET: str})
+    if TARGET in df.columns:
+        v = df[TARGET]
+        as_int = (np.asarray(classes).dtype.kind in "iu" if classes is not None
+                  else bool(v.dropna().str.fullmatch(r"-?\d+").all()))
+        df[TARGET] = label_array(v.astype("int64")) if as_int and v.notna().all() else v
+    return df
 
 
 def _read_parquet(path: Path, split: str, problems: _Problems) -> pd.DataFrame | None:
@@ -269,7 +292,7 @@ def load_split(data_dir: str | Path, split: str, parse_text: bool = True) -> pd.
         "sale": df["sale"].astype(bool).to_numpy(),
     })
     if split == "train":
-        out.insert(1, TARGET, df[TARGET].astype("int64").to_numpy())
+        out.insert(1, TARGET, label_array(df[TARGET]))
         if "category_name" in df.columns:
             out["category_name"] = df["category_name"].to_numpy()
     if parsed is not None:

@@ -102,8 +102,7 @@ def image_cache(root: str | Path, split: str, paths, size: int, data_fp: str = "
                 workers: int | None = None) -> ImageCache:
     """Decode `paths` once into {root}/_images/{size}/{split}.u8 (cached by the data fingerprint,
     size and the image files' sizes and mtimes); return the ImageCache."""
-    from .backbones import n_workers
-    from .config import config_hash
+    from .config import config_hash, n_workers
 
     paths = list(paths)
     folder = Path(root) / "_images" / str(size)

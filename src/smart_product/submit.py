@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import ID, TARGET, DataError, load_split
+from .data import ID, TARGET, DataError, label_array, load_split, read_labels
 
 log = logging.getLogger(__name__)
 PRED = "predicted_category_id"
@@ -25,7 +25,7 @@ def read_submission(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing file")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else read_labels(path)
     if PRED in df.columns and TARGET not in df.columns:
         df = df.rename(columns={PRED: TARGET})
     missing = [c for c in (ID, TARGET) if c not in df.columns]
@@ -58,7 +58,7 @@ def validate_submission(sub: pd.DataFrame, test_ids, train_classes, where: str =
 
 def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir) -> Path:
     """Write submissions/{name}.csv and .parquet after validating against the data."""
-    sub = pd.DataFrame({ID: np.asarray(test_ids).astype(np.int64), TARGET: np.asarray(pred_classes).astype(np.int64)})
+    sub = pd.DataFrame({ID: np.asarray(test_ids).astype(np.int64), TARGET: label_array(pred_classes)})
     check_against_data(sub, data_dir, f"submission {name}")
     folder = Path(out_dir) / "submissions"
     folder.mkdir(parents=True, exist_ok=True)

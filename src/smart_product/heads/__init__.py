@@ -1,7 +1,9 @@
 """Stage `train`: the heads. Where things are:
 
-- loop.py        the fold loop (`run_head`, `train_heads`): fit per fold, OOF + test files,
-                 calibration and logit adjustment inside the fold, pseudo-label rounds
+- kinds.py       `HEADS`, the head kinds by name, and `make_head`
+- loop.py        the fold loop (`run_head`): fit per fold, OOF + test files, calibration and
+                 logit adjustment inside the fold
+- stage.py       `train_heads`, the stage: every enabled head, then the pseudo-label rounds
 - linear.py      `logreg`, `linear` (LogisticRegression / one-vs-rest LinearSVC over feature blocks),
                  `nb` (complement / multinomial naive Bayes over TF-IDF)
 - softmax.py     `softmax` (torch multinomial logistic regression / one-hidden-layer net over TF-IDF)
@@ -17,32 +19,16 @@ The level-2 model over the heads' OOF probabilities (stacking) sits beside the b
 """
 from __future__ import annotations
 
-from ..data import DataError
 from .common import BlockStacker, scores
+from .kinds import HEADS, make_head
 from .linear import LinearHead, LogRegHead, NaiveBayesHead
+from .loop import head_configs, head_names, run_head
 from .mlp import MLPHead
 from .neighbours import KnnHead, LfdaKnnHead, ListingHead, make_lfda
 from .softmax import SoftmaxHead
+from .stage import train_heads
 from .trees import CatBoostHead
-
-HEADS = {"logreg": LogRegHead, "linear": LinearHead, "softmax": SoftmaxHead, "catboost": CatBoostHead,
-         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead, "listing": ListingHead,
-         "nb": NaiveBayesHead}
-
-
-def make_head(kind: str, params: dict | None, seed: int = 0):
-    if kind not in HEADS:
-        raise DataError(f"config heads: unknown kind {kind!r} (one of {sorted(HEADS)})")
-    params = dict(params or {})
-    params.setdefault("seed", seed)
-    try:
-        return HEADS[kind](**params)
-    except TypeError as exc:
-        raise DataError(f"config heads ({kind}): {exc}") from None
-
-
-from .loop import head_configs, head_names, run_head, train_heads  # noqa: E402  (the loop uses make_head)
-from .tune import tune_head  # noqa: E402
+from .tune import tune_head
 
 __all__ = ["HEADS", "make_head", "run_head", "train_heads", "tune_head", "head_configs", "head_names", "scores",
            "BlockStacker", "LinearHead", "LogRegHead", "NaiveBayesHead", "MLPHead", "KnnHead", "LfdaKnnHead", "ListingHead", "SoftmaxHead",

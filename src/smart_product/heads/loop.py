@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import ID, TARGET, DataError, load_split
+from ..data import ID, TARGET, DataError, label_array, load_split
 from ..features import load_features
 from ..folds import NEVER, load_folds
-from . import HEADS, make_head
+from .kinds import HEADS, make_head
 from .calibrate import class_prior, fit_temperature, log_loss, logit_adjusted, tempered
 from .common import _inner_split, scores
 
@@ -203,7 +203,7 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     train = load_split(cfg["data_dir"], "train", parse_text=False)
     test = load_split(cfg["data_dir"], "test", parse_text=False)
     fold_of_row = load_folds(cfg, train)
-    classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
+    classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
     n_classes = len(classes)
     tr_ids, te_ids = train[ID].to_numpy(), test[ID].to_numpy()
     calibrate, tau = bool(hcfg.get("calibrate", False)), float(hcfg.get("logit_adjust") or 0.0)
@@ -311,34 +311,3 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
             shutil.rmtree(f, ignore_errors=True)
     return metrics
-
-
-def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, fold=None) -> dict:
-    """Run the enabled heads (or `only` these), then the pseudo-label rounds. A head with
-    `max_classes: N` is skipped, with a log line, on a catalogue of more classes: a one-vs-rest
-    liblinear head fits one problem per class. `fold=k` (FOLD=k): fold k of every head and
-    pseudo-label round only, into oof/{head}/fold{k}/; a later run without it assembles them."""
-    from ..features import parse_fold
-    from .pseudo import pseudo_config, run_pseudo_rounds
-
-    fold = parse_fold(fold)
-    if fold == "shared":
-        raise DataError("train: FOLD=shared is for `make features` (the label-free sets); give a fold number")
-    heads = head_configs(cfg)
-    names = only or [n for n, h in heads.items() if h.get("enabled", True)]
-    limits = {n: int(heads[n]["max_classes"]) for n in names if not only and (heads.get(n) or {}).get("max_classes")}
-    if limits:
-        n_classes = load_split(cfg["data_dir"], "train", parse_text=False)[TARGET].nunique()
-        for n, limit in limits.items():
-            if n_classes > limit:
-                log.warning("heads.%s: skipped, the catalogue has %d classes > its max_classes %d", n, n_classes, limit)
-                names.remove(n)
-    pcfg = pseudo_config(cfg)
-    skipped = [h for h in pcfg["heads"] + pcfg["sources"] if h not in names and not only]
-    if pcfg["rounds"] and skipped:
-        log.warning("pseudo: %s skipped on this catalogue; no pseudo-label rounds", sorted(set(skipped)))
-        pcfg["rounds"] = 0
-    results = {n: run_head(cfg, n, force=force, fold_job=fold) for n in names}
-    if pcfg["rounds"] and not only:
-        results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
-    return results

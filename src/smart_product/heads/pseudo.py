@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import DataError
+from .loop import run_head
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def fold_pseudo_labels(out_dir, sources: list[str], threshold: float, fold: int 
 
 def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False, fold: int | None = None) -> dict:
     """The rounds for every fold, or (FOLD=k jobs) for fold k alone into oof/{h}_pl{r}/fold{k}/."""
-    from .loop import run_head
-
     results, prev = {}, list(pcfg["sources"])
     k = int(cfg.get("folds", {}).get("k", 5))
     last = {h: None for h in pcfg["heads"]}

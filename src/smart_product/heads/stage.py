@@ -1,0 +1,41 @@
+"""The `train` stage (`train_heads`): every enabled head through the fold loop (loop.py), then the
+pseudo-label rounds (pseudo.py), which refit heads through the same loop."""
+from __future__ import annotations
+
+import logging
+
+from ..data import TARGET, DataError, load_split
+from .loop import head_configs, run_head
+from .pseudo import pseudo_config, run_pseudo_rounds
+
+log = logging.getLogger(__name__)
+
+
+def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, fold=None) -> dict:
+    """Run the enabled heads (or `only` these), then the pseudo-label rounds. A head with
+    `max_classes: N` is skipped, with a log line, on a catalogue of more classes: a one-vs-rest
+    liblinear head fits one problem per class. `fold=k` (FOLD=k): fold k of every head and
+    pseudo-label round only, into oof/{head}/fold{k}/; a later run without it assembles them."""
+    from ..features import parse_fold
+
+    fold = parse_fold(fold)
+    if fold == "shared":
+        raise DataError("train: FOLD=shared is for `make features` (the label-free sets); give a fold number")
+    heads = head_configs(cfg)
+    names = only or [n for n, h in heads.items() if h.get("enabled", True)]
+    limits = {n: int(heads[n]["max_classes"]) for n in names if not only and (heads.get(n) or {}).get("max_classes")}
+    if limits:
+        n_classes = load_split(cfg["data_dir"], "train", parse_text=False)[TARGET].nunique()
+        for n, limit in limits.items():
+            if n_classes > limit:
+                log.warning("heads.%s: skipped, the catalogue has %d classes > its max_classes %d", n, n_classes, limit)
+                names.remove(n)
+    pcfg = pseudo_config(cfg)
+    skipped = [h for h in pcfg["heads"] + pcfg["sources"] if h not in names and not only]
+    if pcfg["rounds"] and skipped:
+        log.warning("pseudo: %s skipped on this catalogue; no pseudo-label rounds", sorted(set(skipped)))
+        pcfg["rounds"] = 0
+    results = {n: run_head(cfg, n, force=force, fold_job=fold) for n in names}
+    if pcfg["rounds"] and not only:
+        results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
+    return results
