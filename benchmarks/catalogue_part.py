@@ -10,6 +10,7 @@ training rows); test rows: `frac` of each class of solution.csv. Photos: resized
 does not open is left out, so the pipeline counts it as missing. Prints the part's size.
 Scores on a part are not the whole catalogue's: say which part a figure comes from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,12 @@ ID, TARGET = "product_id", "category_id"
 
 def part(frame: pd.DataFrame, labels: pd.Series, frac: float, seed: int) -> pd.DataFrame:
     """`frac` of each label's rows (at least one), in the frame's order."""
-    keep = (frame.assign(_y=labels.to_numpy()).groupby("_y", group_keys=False)
-            .apply(lambda g: g.sample(max(1, round(len(g) * frac)), random_state=seed)).index)
+    keep = (
+        frame.assign(_y=labels.to_numpy())
+        .groupby("_y", group_keys=False)
+        .apply(lambda g: g.sample(max(1, round(len(g) * frac)), random_state=seed))
+        .index
+    )
     return frame.loc[sorted(keep)]
 
 
@@ -73,8 +78,10 @@ def main():
     if (src / "README.md").is_file():
         shutil.copy(src / "README.md", out / "README.md")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {len(train)} train / {len(test)} test rows, {train[TARGET].nunique()} classes; "
-          f"{ok} of {len(tasks)} photos re-encoded at <= {args.max_side} px; {size / 2**20:.1f} MiB")
+    print(
+        f"{out}: {len(train)} train / {len(test)} test rows, {train[TARGET].nunique()} classes; "
+        f"{ok} of {len(tasks)} photos re-encoded at <= {args.max_side} px; {size / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ with up to 4 worker processes (the route before `images.CachedBatches`) and `Cac
 thread, pinned buffers): what each could feed a model at most.
 A data pipeline is not the bottleneck when pipeline / bare >= 0.8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,17 +86,35 @@ def main():
         ds = CachedImageSet(cache.rows())
         order = BatchSampler(SequentialSampler(ds), batch, drop_last=False)
         w = min(4, n_workers(args.workers))
-        old = drain(DataLoader(ds, sampler=order, batch_size=None, num_workers=w, pin_memory=dev.type == "cuda",
-                               prefetch_factor=4 if w else None), dev)
+        old = drain(
+            DataLoader(
+                ds,
+                sampler=order,
+                batch_size=None,
+                num_workers=w,
+                pin_memory=dev.type == "cuda",
+                prefetch_factor=4 if w else None,
+            ),
+            dev,
+        )
         new = drain(CachedBatches(ds, order, dev), dev)
-    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-           "model": args.model, "image_size": args.size, "batch": batch, "images": len(paths),
-           "workers": n_workers(args.workers), "bare_forward_img_s": round(bare, 1),
-           "pipeline_img_s": round(pipe, 1), "ratio": round(pipe / bare, 3),
-           "decode_once_img_s": round(cached, 1), "ratio_decode_once": round(cached / bare, 3),
-           "decode_once_build_img_s": round(decode_rate, 1),
-           "data_only_dataloader_img_s": round(old, 1), "data_only_dataloader_workers": w,
-           "data_only_cached_batches_img_s": round(new, 1)}
+    res = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "model": args.model,
+        "image_size": args.size,
+        "batch": batch,
+        "images": len(paths),
+        "workers": n_workers(args.workers),
+        "bare_forward_img_s": round(bare, 1),
+        "pipeline_img_s": round(pipe, 1),
+        "ratio": round(pipe / bare, 3),
+        "decode_once_img_s": round(cached, 1),
+        "ratio_decode_once": round(cached / bare, 3),
+        "decode_once_build_img_s": round(decode_rate, 1),
+        "data_only_dataloader_img_s": round(old, 1),
+        "data_only_dataloader_workers": w,
+        "data_only_cached_batches_img_s": round(new, 1),
+    }
     print(json.dumps(res, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -16,6 +16,7 @@ best head by pseudo-test; per kind the mean and standard deviation over seeds (t
 --collect only reads the runs that are there. --blend-only reruns just the blend on runs whose
 heads are there (a changed blend, the same heads) and rescores it into bench/results.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,21 @@ def blend_again(run: Path, config: str, sets: list[str]) -> None:
     from smart_product.data import read_labels
 
     data = run / "resplit"
-    subprocess.run([sys.executable, "-m", "smart_product", "blend", "--config", config, "--data", str(data),
-                    f"out_dir={run.resolve()}", *sets], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smart_product",
+            "blend",
+            "--config",
+            config,
+            "--data",
+            str(data),
+            f"out_dir={run.resolve()}",
+            *sets,
+        ],
+        check=True,
+    )
     res = json.loads((run / "bench" / "results.json").read_text())
     w = json.loads((run / "oof" / "blend" / "weights.json").read_text())
     ids, classes = np.load(run / "oof" / "blend" / "test_ids.npy"), np.load(run / "oof" / "blend" / "classes.npy")
@@ -43,8 +57,11 @@ def blend_again(run: Path, config: str, sets: list[str]) -> None:
     pred = classes[np.load(run / "oof" / "blend" / "test.npy").argmax(1)]
     test_f1 = round(float(f1_score(sol.reindex(ids).to_numpy(), pred, average="weighted", zero_division=0)), 4)
     row = next(r for r in res["results"] if r["model"] == "blend")
-    row.update(oof_weighted_f1=round(w["oof_refit"]["weighted_f1"], 4), test_weighted_f1=test_f1,
-               oof_minus_test=round(w["oof_refit"]["weighted_f1"] - test_f1, 4))
+    row.update(
+        oof_weighted_f1=round(w["oof_refit"]["weighted_f1"], 4),
+        test_weighted_f1=test_f1,
+        oof_minus_test=round(w["oof_refit"]["weighted_f1"] - test_f1, 4),
+    )
     res.update(blend_chosen=w["chosen"], blend_oof_minus_test=row["oof_minus_test"])
     (run / "bench" / "results.json").write_text(json.dumps(res, indent=2))
 
@@ -59,28 +76,52 @@ def summarise(out: Path, runs: list[tuple[str, int, Path]]) -> dict:
         blend = next(r for r in res["results"] if r["model"] == "blend")
         heads = [r for r in res["results"] if r["oof_weighted_f1"] is not None and r["model"] != "blend"]
         best = max(heads, key=lambda r: r["test_weighted_f1"])
-        rows.append({"kind": kind, "seed": seed, "chosen": res.get("blend_chosen"),
-                     "blend_oof": blend["oof_weighted_f1"], "blend_test": blend["test_weighted_f1"],
-                     "gap": round(abs(blend["oof_weighted_f1"] - blend["test_weighted_f1"]), 4),
-                     "best_head": best["model"], "best_head_test": best["test_weighted_f1"],
-                     "blend_minus_best_head": round(blend["test_weighted_f1"] - best["test_weighted_f1"], 4),
-                     "pipeline_s": res.get("pipeline_seconds"), "peak_rss_gib": res.get("peak_rss_gib")})
-    lines = ["| resplit | seed | blend procedure | blend OOF | blend pseudo-test | abs(OOF - test) | best head "
-             "(pseudo-test) | blend - best head | pipeline s |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['kind']} | {r['seed']} | {r['chosen']} | {r['blend_oof']:.4f} | {r['blend_test']:.4f} | "
-              f"{r['gap']:.4f} | {r['best_head']} {r['best_head_test']:.4f} | {r['blend_minus_best_head']:+.4f} | "
-              f"{r['pipeline_s']} |" for r in rows]
+        rows.append(
+            {
+                "kind": kind,
+                "seed": seed,
+                "chosen": res.get("blend_chosen"),
+                "blend_oof": blend["oof_weighted_f1"],
+                "blend_test": blend["test_weighted_f1"],
+                "gap": round(abs(blend["oof_weighted_f1"] - blend["test_weighted_f1"]), 4),
+                "best_head": best["model"],
+                "best_head_test": best["test_weighted_f1"],
+                "blend_minus_best_head": round(blend["test_weighted_f1"] - best["test_weighted_f1"], 4),
+                "pipeline_s": res.get("pipeline_seconds"),
+                "peak_rss_gib": res.get("peak_rss_gib"),
+            }
+        )
+    lines = [
+        "| resplit | seed | blend procedure | blend OOF | blend pseudo-test | abs(OOF - test) | best head "
+        "(pseudo-test) | blend - best head | pipeline s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['kind']} | {r['seed']} | {r['chosen']} | {r['blend_oof']:.4f} | {r['blend_test']:.4f} | "
+        f"{r['gap']:.4f} | {r['best_head']} {r['best_head_test']:.4f} | {r['blend_minus_best_head']:+.4f} | "
+        f"{r['pipeline_s']} |"
+        for r in rows
+    ]
     summary = {}
     for kind in dict.fromkeys(r["kind"] for r in rows):
         rk = [r for r in rows if r["kind"] == kind]
-        summary[kind] = {k: {"mean": round(float(np.mean([r[k] for r in rk])), 4),
-                             "sd": round(float(np.std([r[k] for r in rk], ddof=1)), 4) if len(rk) > 1 else None}
-                         for k in ("blend_oof", "blend_test", "gap", "best_head_test", "blend_minus_best_head")}
+        summary[kind] = {
+            k: {
+                "mean": round(float(np.mean([r[k] for r in rk])), 4),
+                "sd": round(float(np.std([r[k] for r in rk], ddof=1)), 4) if len(rk) > 1 else None,
+            }
+            for k in ("blend_oof", "blend_test", "gap", "best_head_test", "blend_minus_best_head")
+        }
         summary[kind]["seeds"] = len(rk)
-        lines.append(f"| {kind}: mean (sd) over {len(rk)} | | | " + " | ".join(
-            f"{summary[kind][k]['mean']:.4f}" + (f" ({summary[kind][k]['sd']:.4f})" if summary[kind][k]["sd"] is not None
-                                                 else "")
-            for k in ("blend_oof", "blend_test", "gap", "best_head_test", "blend_minus_best_head")) + " | |")
+        lines.append(
+            f"| {kind}: mean (sd) over {len(rk)} | | | "
+            + " | ".join(
+                f"{summary[kind][k]['mean']:.4f}"
+                + (f" ({summary[kind][k]['sd']:.4f})" if summary[kind][k]["sd"] is not None else "")
+                for k in ("blend_oof", "blend_test", "gap", "best_head_test", "blend_minus_best_head")
+            )
+            + " | |"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "resplit.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
     (out / "resplit.md").write_text("\n".join(lines) + "\n")
@@ -112,9 +153,26 @@ def main():
             continue
         run.mkdir(parents=True, exist_ok=True)
         with open(run / "bench.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "smart_product", "bench", "--config", a.config, "--data", a.data,
-                            f"out_dir={run.resolve()}", f"bench.resplit={kind}", f"bench.resplit_seed={seed}",
-                            "bench.ablation=false", *a.set], check=True, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "smart_product",
+                    "bench",
+                    "--config",
+                    a.config,
+                    "--data",
+                    a.data,
+                    f"out_dir={run.resolve()}",
+                    f"bench.resplit={kind}",
+                    f"bench.resplit_seed={seed}",
+                    "bench.ablation=false",
+                    *a.set,
+                ],
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
     summarise(a.out, runs)
 
 

@@ -11,6 +11,7 @@ reporting; choose by OOF). `--seeds n` fits each variant with n stacker seeds (t
 +1, ...) and also prints their mean and standard deviation: the stacker's own spread, against
 which a variant's gain is read.
 """
+
 import argparse
 import json
 import time
@@ -45,28 +46,52 @@ def main():
     has = ~np.isnan(runs[0]["oof"]).any(1)
     oofs, tests = [np.nan_to_num(r["oof"]) for r in runs], [r["test_folds"] for r in runs]
     sol = Path(a.data) / "solution.csv"
-    y_test = read_labels(sol, classes).set_index("product_id")[TARGET].reindex(runs[0]["test_ids"]).to_numpy() \
-        if sol.is_file() else None
+    y_test = (
+        read_labels(sol, classes).set_index("product_id")[TARGET].reindex(runs[0]["test_ids"]).to_numpy()
+        if sol.is_file()
+        else None
+    )
     print("heads:", ", ".join(heads))
     for v in a.variants:
         v_, _, bags = v.partition("#")
         spec, _, hidden = v_.partition("~")
         spec, _, alpha = spec.partition("@")
-        params = {"seed": int(cfg.get("seed", 0)), **(cfg["blend"].get("stack") or {}),
-                  "groups": [] if spec == "none" else spec.split(",")}
-        params.update({"hidden": int(hidden)} if hidden else {}, **({"group_alpha": float(alpha)} if alpha else {}),
-                      **({"bags": int(bags)} if bags else {}))
+        params = {
+            "seed": int(cfg.get("seed", 0)),
+            **(cfg["blend"].get("stack") or {}),
+            "groups": [] if spec == "none" else spec.split(","),
+        }
+        params.update(
+            {"hidden": int(hidden)} if hidden else {},
+            **({"group_alpha": float(alpha)} if alpha else {}),
+            **({"bags": int(bags)} if bags else {}),
+        )
         extra, extra_test, g, g_test = row_side(cfg, params["groups"])
         runs_ = []
         for s in range(a.seeds):
             t0 = time.time()
-            oof, test, _ = cross_fit(oofs, tests, y, folds, has, len(classes), {**params, "seed": params["seed"] + s},
-                                     extra, extra_test, g, g_test)
-            res = {"variant": v, "seed": params["seed"] + s,
-                   "oof_weighted_f1": round(scores(y[has], np.nan_to_num(oof)[has].argmax(1))["weighted_f1"], 4),
-                   "test_weighted_f1": None if y_test is None else
-                   round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
-                   "seconds": round(time.time() - t0, 1)}
+            oof, test, _ = cross_fit(
+                oofs,
+                tests,
+                y,
+                folds,
+                has,
+                len(classes),
+                {**params, "seed": params["seed"] + s},
+                extra,
+                extra_test,
+                g,
+                g_test,
+            )
+            res = {
+                "variant": v,
+                "seed": params["seed"] + s,
+                "oof_weighted_f1": round(scores(y[has], np.nan_to_num(oof)[has].argmax(1))["weighted_f1"], 4),
+                "test_weighted_f1": None
+                if y_test is None
+                else round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
+                "seconds": round(time.time() - t0, 1),
+            }
             runs_.append(res)
             print(json.dumps(res), flush=True)
         if a.seeds > 1:

@@ -10,6 +10,7 @@ CV. For each head, `folds` is the mean of the K-1 models that each leave one of 
 model saw. The features are the held-out fold's (per-fold sets were fit without its labels). No
 calibration or logit adjustment: the question is the fit itself. Prints one JSON line per head.
 """
+
 import argparse
 import json
 import time
@@ -49,7 +50,7 @@ def main():
         Xtr, _ = _head_input(cfg, name, hcfg, a.holdout, train[ID].to_numpy(), test[ID].to_numpy())
         X_hold, y_hold = _rows(Xtr, hold), y[hold]
 
-        def fit_predict(rows):
+        def fit_predict(rows, hcfg=hcfg, Xtr=Xtr, X_hold=X_hold):
             m = make_head(hcfg["kind"], hcfg.get("params") or {}, seed).fit(_rows(Xtr, rows), y[rows], len(classes))
             return np.asarray(m.predict_proba(X_hold), np.float32)
 
@@ -60,8 +61,11 @@ def main():
         t2 = time.time()
         res = {"head": name, "holdout_fold": a.holdout, "rows": int(hold.sum())}
         for tag, P, s in (("folds", P_folds, t1 - t0), ("full", P_full, t2 - t1)):
-            res[tag] = {"weighted_f1": round(scores(y_hold, P.argmax(1))["weighted_f1"], 4),
-                        "logloss": round(log_loss(P, y_hold), 4), "seconds": round(s, 1)}
+            res[tag] = {
+                "weighted_f1": round(scores(y_hold, P.argmax(1))["weighted_f1"], 4),
+                "logloss": round(log_loss(P, y_hold), 4),
+                "seconds": round(s, 1),
+            }
         print(json.dumps(res), flush=True)
 
 

@@ -10,6 +10,7 @@ with the same for twins from the same shop (smart_product.eda.title_twins). With
 accuracy on the rows with and without a twin is printed beside it. The labels are only read,
 never used to choose anything.
 """
+
 import argparse
 import json
 
@@ -36,8 +37,10 @@ def main():
         ids = train[ID].to_numpy()
         valid = ok.reindex(ids, fill_value=False).to_numpy()
         right = pred.reindex(ids).to_numpy() == train[TARGET].to_numpy()
-        for name, m in (("blend_oof_accuracy_twins", valid & has_twin),
-                        ("blend_oof_accuracy_others", valid & ~has_twin)):
+        for name, m in (
+            ("blend_oof_accuracy_twins", valid & has_twin),
+            ("blend_oof_accuracy_others", valid & ~has_twin),
+        ):
             res[name] = round(float(right[m].mean()), 4) if m.any() else None
     print(json.dumps(res, indent=1))
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the demo data set is generated once per test session into a temp dir."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +22,17 @@ def demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_cfg(tmp_path):
     """Config for a data dir, writing its outputs into this test's tmp dir."""
+
     def _make(data_dir, *overrides):
         return load_config(None, [f"out_dir={tmp_path / 'work'}", *overrides], str(data_dir))
+
     return _make
 
 
 @pytest.fixture
 def copy_data(tmp_path, demo_dir):
     """Copy the demo split files (not images: they are linked) so a test can break them."""
+
     def _copy(train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> Path:
         out = tmp_path / "data"
         out.mkdir(exist_ok=True)
@@ -37,6 +41,7 @@ def copy_data(tmp_path, demo_dir):
         if not (out / "images").exists():
             (out / "images").symlink_to(demo_dir / "images")
         return out
+
     return _copy
 
 
@@ -56,6 +61,7 @@ def fit_heads():
             (Path(out) / "folds" / "folds.csv").write_bytes(Path(folds_csv).read_bytes())
         make_features(cfg)
         return cfg, train_heads(cfg)
+
     return _fit
 
 
@@ -63,6 +69,7 @@ def fit_heads():
 def permute_fold(demo_dir, copy_data):
     """The demo data with fold k's labels permuted among its rows (the folds of `folds_csv`):
     returns (data dir, each train row's fold, fold k's row positions)."""
+
     def _permute(folds_csv, k):
         folds = pd.read_csv(folds_csv)
         train = pd.read_parquet(demo_dir / "train.parquet")
@@ -72,4 +79,5 @@ def permute_fold(demo_dir, copy_data):
         permuted.loc[rows, "category_id"] = np.random.default_rng(0).permutation(train.category_id.to_numpy()[rows])
         assert (permuted.category_id != train.category_id).sum() > len(rows) // 2
         return copy_data(train=permuted), fold_of, rows
+
     return _permute

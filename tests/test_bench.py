@@ -6,9 +6,12 @@ from smart_product import bench as bench_mod
 from smart_product.bench import run_bench
 from smart_product.config import load_config
 
-CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}}}",
-         "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse, tabular], params: {C: 0.5, solver: svm}}}",
-         "blend.trials=10", "blend.stack.bags=1"]   # one stacker net: the bagging has its own test
+CHEAP = [
+    "features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}}}",
+    "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse, tabular], params: {C: 0.5, solver: svm}}}",
+    "blend.trials=10",
+    "blend.stack.bags=1",
+]  # one stacker net: the bagging has its own test
 LR, SVM = "peer: TF-IDF + LogReg", "peer: TF-IDF + LinearSVC"
 
 
@@ -18,8 +21,8 @@ def test_bench_writes_results_with_peer_timings_and_memory(demo_dir, tmp_path):
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert saved == res
     models = {r["model"]: r for r in res["results"]}
-    assert set(models) == {"tfidf_lr", "blend", LR, SVM}                     # 60 classes: both peers
-    assert 0.5 < models[LR]["test_weighted_f1"] <= 1      # far above chance (60 classes)
+    assert set(models) == {"tfidf_lr", "blend", LR, SVM}  # 60 classes: both peers
+    assert 0.5 < models[LR]["test_weighted_f1"] <= 1  # far above chance (60 classes)
     assert 0.5 < models[SVM]["test_weighted_f1"] <= 1
     assert 0.5 < models["blend"]["test_weighted_f1"] <= 1 and models["blend"]["oof_weighted_f1"] > 0.5
     assert set(res["stage_seconds"]) == {"folds", "features", "train", "blend"}
@@ -27,7 +30,7 @@ def test_bench_writes_results_with_peer_timings_and_memory(demo_dir, tmp_path):
     assert 0.05 < res["peak_rss_gib"] < 24
     assert res["error_ratio_blend_vs_peer"] > 0
     stronger = max((LR, SVM), key=lambda m: models[m]["test_weighted_f1"])
-    assert res["stronger_peer"] == stronger                                   # the ratio is taken against it
+    assert res["stronger_peer"] == stronger  # the ratio is taken against it
     blend_err, peer_err = 1 - models["blend"]["test_weighted_f1"], 1 - models[stronger]["test_weighted_f1"]
     assert res["error_ratio_blend_vs_peer"] == pytest.approx(blend_err / peer_err, abs=2e-3)
     assert "goal <= 0.75" in (tmp_path / "bench" / "results.md").read_text()
@@ -45,7 +48,7 @@ def test_bench_writes_results_when_a_peer_fails(demo_dir, tmp_path, monkeypatch)
     assert res["stronger_peer"] == SVM and res["error_ratio_blend_vs_peer"] > 0
     assert "failed (MemoryError" in (tmp_path / "bench" / "results.md").read_text()
     monkeypatch.setitem(bench_mod.PEERS, "svm", (SVM, out_of_memory))
-    res = run_bench(cfg)                                                       # every peer fails: still written
+    res = run_bench(cfg)  # every peer fails: still written
     assert res["stronger_peer"] is None and res["error_ratio_blend_vs_peer"] is None
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["results"][0]["model"] == "tfidf_lr"
 
@@ -70,8 +73,22 @@ def test_catalogue_part_is_stratified_small_and_a_valid_catalogue(demo_dir, tmp_
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "part"
-    subprocess.run([sys.executable, str(root / "benchmarks" / "catalogue_part.py"), "--data", str(demo_dir),
-                    "--out", str(out), "--frac", "0.3", "--max-side", "32"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "catalogue_part.py"),
+            "--data",
+            str(demo_dir),
+            "--out",
+            str(out),
+            "--frac",
+            "0.3",
+            "--max-side",
+            "32",
+        ],
+        check=True,
+        capture_output=True,
+    )
     full, part_ = pd.read_parquet(demo_dir / "train.parquet"), pd.read_parquet(out / "train.parquet")
     assert set(part_.category_id) == set(full.category_id)  # every class keeps a training row
     assert abs(len(part_) / len(full) - 0.3) < 0.05
@@ -100,21 +117,24 @@ def test_resplit_holds_out_whole_clusters_with_every_class_in_train(demo_dir, tm
     cluster = dict(zip(full.product_id, dups.find_clusters(full, full.iloc[:0], dups.dups_config(cfg))[0]["cluster"]))
     for kind in ("grouped", "random"):
         out = bench_mod.make_resplit(cfg, kind, seed=1)
-        train, test = load_data(out)                                          # a valid catalogue
+        train, test = load_data(out)  # a valid catalogue
         sol = pd.read_csv(out / "solution.csv")
         assert sorted(sol.product_id) == sorted(test.product_id) and "category_id" not in test.columns
         assert len(train) + len(test) == len(full) and 0.15 < len(test) / len(full) < 0.25
-        assert set(sol.category_id) <= set(train.category_id)                 # no class unseen in train
+        assert set(sol.category_id) <= set(train.category_id)  # no class unseen in train
         truth = full.set_index("product_id").loc[sol.product_id, "category_id"].to_numpy()
         assert np.array_equal(sol.category_id.to_numpy(), truth)
         assert test.has_image.sum() == full.set_index("product_id").loc[test.product_id, "has_image"].sum()
         split_of = {pid: s for s, f in (("train", train), ("test", test)) for pid in f.product_id}
-        sides = pd.Series([split_of[p] for p in full.product_id]).groupby(
-            pd.Series([cluster[p] for p in full.product_id])).nunique()
+        sides = (
+            pd.Series([split_of[p] for p in full.product_id])
+            .groupby(pd.Series([cluster[p] for p in full.product_id]))
+            .nunique()
+        )
         if kind == "grouped":
-            assert (sides == 1).all()                                         # no cluster crosses the cut
+            assert (sides == 1).all()  # no cluster crosses the cut
         else:
-            assert (sides > 1).any()                                          # rows, not clusters
+            assert (sides > 1).any()  # rows, not clusters
     with pytest.raises(ValueError, match="grouped or random"):
         bench_mod.make_resplit(cfg, "by_shop")
 

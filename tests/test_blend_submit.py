@@ -58,12 +58,19 @@ def blended(demo_dir, tmp_path_factory):
     from smart_product.heads import train_heads
 
     out = tmp_path_factory.mktemp("blend")
-    cfg = load_config(None, [f"out_dir={out}",
-                             "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}}",
-                             "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
-                             " knn_tab: {kind: lfda_knn, features: [tabular, tfidf], params: {pca_dim: 32, n_components: 16}}}",
-                             "blend.trials=30", "blend.stack.bags=1",
-                             "blend.procedures=[optuna_logloss, best_single, stack, stack_groups]"], str(demo_dir))
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={out}",
+            "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}}",
+            "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
+            " knn_tab: {kind: lfda_knn, features: [tabular, tfidf], params: {pca_dim: 32, n_components: 16}}}",
+            "blend.trials=30",
+            "blend.stack.bags=1",
+            "blend.procedures=[optuna_logloss, best_single, stack, stack_groups]",
+        ],
+        str(demo_dir),
+    )
     make_folds(cfg)
     make_features(cfg)
     metrics = train_heads(cfg)
@@ -80,8 +87,9 @@ def test_blend_not_below_best_single_head_and_writes_valid_submission(blended, d
     assert {"stack", "stack_groups"} <= set(summary["held_out"]) and summary["chosen"] in summary["held_out"]
     assert summary["oof_held_out"] == summary["held_out"][summary["chosen"]]
     # a weight procedure's weights (the default blend may choose a stacker, which has none)
-    weights = run_blend({**cfg, "blend": {**cfg["blend"], "name": "weights",
-                                          "procedures": ["optuna_logloss", "best_single"]}})
+    weights = run_blend(
+        {**cfg, "blend": {**cfg["blend"], "name": "weights", "procedures": ["optuna_logloss", "best_single"]}}
+    )
     assert weights["chosen"] in ("optuna_logloss", "best_single")
     assert abs(sum(weights["weights"].values()) - 1) < 1e-6 and min(weights["weights"].values()) >= 0
     out = Path(cfg["out_dir"])
@@ -130,10 +138,10 @@ def test_train_is_cached_and_blend_reruns_alone(blended):
     cfg, metrics, _ = blended
     oof = Path(cfg["out_dir"]) / "oof" / "lr_text" / "oof.npy"
     before = oof.stat().st_mtime_ns
-    again = run_head(cfg, "lr_text")                      # unchanged: not refit
+    again = run_head(cfg, "lr_text")  # unchanged: not refit
     assert oof.stat().st_mtime_ns == before and again["overall"] == metrics["lr_text"]["overall"]
     changed = {**cfg, "heads": {**cfg["heads"], "lr_text": {**cfg["heads"]["lr_text"], "params": {"C": 0.2}}}}
-    run_head(changed, "lr_text")                          # config changed: refit
+    run_head(changed, "lr_text")  # config changed: refit
     assert oof.stat().st_mtime_ns != before
 
 
@@ -164,23 +172,32 @@ def test_string_category_ids_run_end_to_end_and_come_back_as_given(demo_dir, cop
     from smart_product.submit import read_submission, score_submission
 
     train = pd.read_parquet(demo_dir / "train.parquet")
-    name = {c: f"00{c}" if c % 2 else f"cat {c}" for c in train.category_id.unique()}   # "003369", "cat 3026"
+    name = {c: f"00{c}" if c % 2 else f"cat {c}" for c in train.category_id.unique()}  # "003369", "cat 3026"
     data = copy_data(train=train.assign(category_id=train.category_id.map(name)))
     sol = pd.read_csv(demo_dir / "solution.csv")
     sol.assign(category_id=sol.category_id.map(name)).to_csv(data / "solution.csv", index=False)
     assert load_split(data, "train")["category_id"].isin(name.values()).all()
-    cfg = load_config(None, [f"out_dir={tmp_path / 'work'}", "features.sets={tfidf: {kind: tfidf, svd_dim: 32}}",
-                             "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
-                             " lr_strong: {kind: logreg, features: [tfidf], params: {C: 1.0}}}",
-                             "blend.trials=5", "blend.stack.bags=1", "blend.stack.max_steps=100"], str(data))
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path / 'work'}",
+            "features.sets={tfidf: {kind: tfidf, svd_dim: 32}}",
+            "heads={lr_text: {kind: logreg, features: [tfidf], params: {C: 0.1}},"
+            " lr_strong: {kind: logreg, features: [tfidf], params: {C: 1.0}}}",
+            "blend.trials=5",
+            "blend.stack.bags=1",
+            "blend.stack.max_steps=100",
+        ],
+        str(data),
+    )
     make_folds(cfg)
     make_features(cfg)
     train_heads(cfg)
     run_blend(cfg)
-    classes = np.load(tmp_path / "work" / "oof" / "lr_text" / "classes.npy")            # no allow_pickle
+    classes = np.load(tmp_path / "work" / "oof" / "lr_text" / "classes.npy")  # no allow_pickle
     assert classes.dtype.kind == "U" and set(classes) == set(name.values())
     sub_path = tmp_path / "work" / "submissions" / "blend.csv"
     sub = read_submission(sub_path)
     assert set(sub.category_id) <= set(name.values()) and any(c.startswith("00") for c in sub.category_id)
     assert set(pd.read_parquet(sub_path.with_suffix(".parquet")).predicted_category_id) <= set(name.values())
-    assert score_submission(sub_path, data / "solution.csv")["weighted_f1"] > 0.3            # far above chance (60)
+    assert score_submission(sub_path, data / "solution.csv")["weighted_f1"] > 0.3  # far above chance (60)

@@ -1,5 +1,6 @@
 """Every shipped config loads and is consistent: heads name known kinds and feature sets, and a
 head with test_from: full only uses sets that have fold -1 (computed once, or full_fit)."""
+
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,13 @@ def test_config_is_consistent(path):
                 assert sets[f].get("full_fit"), f"{path.name}: {name} needs fold -1 of {f} (full_fit: true)"
     pseudo = cfg.get("pseudo") or {}
     for h in (pseudo.get("heads") or []) + (pseudo.get("sources") or []):
-        assert h in heads, (path.name, "pseudo", h)                      # a pseudo-label head that runs
+        assert h in heads, (path.name, "pseudo", h)  # a pseudo-label head that runs
 
 
 def test_overrides_and_bad_config(tmp_path):
     cfg = load_config(None, ["folds.k=7", "heads.mlp.params.dropout=0.2"])
     assert cfg["folds"]["k"] == 7 and cfg["heads"]["mlp"]["params"]["dropout"] == 0.2
-    assert cfg["heads"]["mlp"]["params"]["hidden"] == [512, 256, 128]   # the rest kept
+    assert cfg["heads"]["mlp"]["params"]["hidden"] == [512, 256, 128]  # the rest kept
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["folds.k"])
     (tmp_path / "bad.yaml").write_text("a: [1,\n")

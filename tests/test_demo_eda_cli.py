@@ -22,7 +22,7 @@ def test_demo_data_layout_and_determinism(demo_dir, tmp_path):
     sol = pd.read_csv(demo_dir / "solution.csv")
     assert set(sol.product_id) == set(test.product_id) and set(sol.category_id) <= set(counts.index)
     assert train.text_fields.str.contains("[а-яА-Я]", regex=True).all()  # Russian text
-    assert train.text_fields.str.contains("<p>").mean() > 0.9              # HTML descriptions
+    assert train.text_fields.str.contains("<p>").mean() > 0.9  # HTML descriptions
     # products listed as variants: the same description under several titles, never across the split
     desc = lambda df: df.text_fields.map(lambda t: json.loads(t)["description"])  # noqa: E731
     d_train, d_test = desc(train), desc(test)
@@ -45,22 +45,28 @@ def test_eda_writes_report_and_plot(demo_dir, make_cfg):
 def test_title_twins_predicts_each_row_by_its_twins_majority_leaving_it_out():
     from smart_product.eda import title_twins, twin_majority
 
-    keys = pd.Series(["a", "a", "a", "b", "b", "c", None, "d"]).dropna()   # row 6: no title
+    keys = pd.Series(["a", "a", "a", "b", "b", "c", None, "d"]).dropna()  # row 6: no title
     y = np.array([1, 1, 2, 3, 4, 5, 5, 5])
     # rows 0, 1: the others are {1, 2}, a tie, the smaller wins: right; row 2: {1, 1}: wrong;
     # rows 3, 4: one twin of another class; rows 5-7: no twin
     np.testing.assert_array_equal(twin_majority(keys, y), [1, 1, 0, 0, 0, np.nan, np.nan, np.nan])
-    train = pd.DataFrame({"title": ["Red  Mug!", "red mug", "red mug", "Blue cup", "blue, cup", None],
-                          "shop_id": [1, 1, 2, 1, 1, 1], "category_id": [7, 7, 8, 9, 9, 9]})
-    res, has = title_twins(train)                                            # case, spaces, punctuation ignored
+    train = pd.DataFrame(
+        {
+            "title": ["Red  Mug!", "red mug", "red mug", "Blue cup", "blue, cup", None],
+            "shop_id": [1, 1, 2, 1, 1, 1],
+            "category_id": [7, 7, 8, 9, 9, 9],
+        }
+    )
+    res, has = title_twins(train)  # case, spaces, punctuation ignored
     assert has.tolist() == [True] * 5 + [False]
-    assert res["rows_with_a_twin"] == 5 and res["twin_majority_accuracy"] == 0.8     # row 2's twins say 7
+    assert res["rows_with_a_twin"] == 5 and res["twin_majority_accuracy"] == 0.8  # row 2's twins say 7
     assert res["rows_with_a_shop_twin"] == 4 and res["shop_twin_majority_accuracy"] == 1.0
 
 
 def test_cli_bad_data_is_one_line_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "smart_product", "folds", "--data", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "smart_product", "folds", "--data", str(tmp_path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "train.parquet: missing file" in proc.stderr

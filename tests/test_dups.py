@@ -1,4 +1,5 @@
 """Near-duplicate clusters, the duplicate audit and the `folds.group_col: auto` policy."""
+
 import json
 import logging
 
@@ -11,29 +12,39 @@ from smart_product.folds import assign_folds, choose_grouping, make_folds
 
 
 def _frame(rows):
-    return pd.DataFrame([{"product_id": i, "title": t, "description": d, "has_image": False, "image_path": None}
-                         for i, (t, d) in enumerate(rows)])
+    return pd.DataFrame(
+        [
+            {"product_id": i, "title": t, "description": d, "has_image": False, "image_path": None}
+            for i, (t, d) in enumerate(rows)
+        ]
+    )
 
 
 def test_text_pairs_precision_on_hand_made_pairs():
     rows = [
-        ("Кружка Ромашка Ведано 350 мл", "Керамика. Для чая и кофе. Артикул 48213."),          # 0
-        ("Кружка Ромашка Ведано 350 мл", "Керамика. Для чая и кофе. Артикул 48213."),          # 1 exact dup of 0
+        ("Кружка Ромашка Ведано 350 мл", "Керамика. Для чая и кофе. Артикул 48213."),  # 0
+        ("Кружка Ромашка Ведано 350 мл", "Керамика. Для чая и кофе. Артикул 48213."),  # 1 exact dup of 0
         ("Кружка Ромашка Ведано 350 мл, размер XL", "Керамика. Для чая и кофе. Артикул 48213."),  # 2 variant of 0
-        ("КРУЖКА ромашка ведано 350мл!", "Керамика, для чая и кофе, артикул 48213"),             # 3 re-upload of 0
-        ("Новинка", "Свеча ароматическая, воск, аромат ванили, 30 часов горения."),           # 4
-        ("Новинка", "Наушники беспроводные, Bluetooth 5.3, шумоподавление, кейс в комплекте."),  # 5 same generic title, other product
-        ("Palm Tree Girls Jace Skirt", "Wash care: machine wash separately in cold water."),   # 6
-        ("Reebok Men Run Sports Shoes", "Wash care: machine wash separately in cold water."),  # 7 shared boilerplate only
-        ("Чехол для телефона силикон", ""),                                                    # 8
-        ("Кроссовки для бега мужские", ""),                                                    # 9 unrelated
+        ("КРУЖКА ромашка ведано 350мл!", "Керамика, для чая и кофе, артикул 48213"),  # 3 re-upload of 0
+        ("Новинка", "Свеча ароматическая, воск, аромат ванили, 30 часов горения."),  # 4
+        (
+            "Новинка",
+            "Наушники беспроводные, Bluetooth 5.3, шумоподавление, кейс в комплекте.",
+        ),  # 5 same generic title, other product
+        ("Palm Tree Girls Jace Skirt", "Wash care: machine wash separately in cold water."),  # 6
+        (
+            "Reebok Men Run Sports Shoes",
+            "Wash care: machine wash separately in cold water.",
+        ),  # 7 shared boilerplate only
+        ("Чехол для телефона силикон", ""),  # 8
+        ("Кроссовки для бега мужские", ""),  # 9 unrelated
     ] + [(f"Товар номер {i} модель {chr(1072 + i % 30)}{i}", f"Описание {i}") for i in range(60)]
     f = _frame(rows)
     frame, stats = dups.find_clusters(f.iloc[:40], f.iloc[40:], {"image_hamming": None})
     cl = frame["cluster"].to_numpy()
-    assert cl[0] == cl[1] == cl[2] == cl[3]            # exact, variant and re-upload found
-    assert cl[4] != cl[5]                              # same generic title, different descriptions
-    assert cl[6] != cl[7]                              # same boilerplate description, different titles
+    assert cl[0] == cl[1] == cl[2] == cl[3]  # exact, variant and re-upload found
+    assert cl[4] != cl[5]  # same generic title, different descriptions
+    assert cl[6] != cl[7]  # same boilerplate description, different titles
     assert len({cl[0], cl[4], cl[5], cl[6], cl[7], cl[8], cl[9]}) == 7
     assert stats["rows_in_clusters"] == 4 and stats["largest_cluster"] == 4
 
@@ -49,21 +60,29 @@ def test_image_pairs_need_close_hash_and_alike_title(tmp_path):
         im.save(path)
         return str(path)
 
-    paths = [shot(tmp_path / "a.jpg", (240, 240, 240), "circle"),
-             shot(tmp_path / "b.jpg", (215, 235, 225), "circle"),   # the same shot, recoloured
-             shot(tmp_path / "c.jpg", (240, 240, 240), "square")]   # another product
+    paths = [
+        shot(tmp_path / "a.jpg", (240, 240, 240), "circle"),
+        shot(tmp_path / "b.jpg", (215, 235, 225), "circle"),  # the same shot, recoloured
+        shot(tmp_path / "c.jpg", (240, 240, 240), "square"),
+    ]  # another product
     h, ok = dups.image_hashes(paths + [None, str(tmp_path / "missing.jpg")])
     assert ok.tolist() == [True, True, True, False, False]
     i, j, placeholders = dups.image_edges(h, ok, {**dups.DEFAULTS, "image_hamming": 2})
     assert (0, 1) in set(zip(i.tolist(), j.tolist())) and placeholders == 0
     assert (0, 2) not in set(zip(i.tolist(), j.tolist()))
     # found through the image, kept only when the titles are alike too
-    f = pd.DataFrame({"product_id": [1, 2, 3], "title": ["Мяч детский красный", "Мяч детский красный 2",
-                                                         "Футболка оверсайз"],
-                      "description": ["a b c", "x y z", "q r s"], "has_image": True, "image_path": paths})
+    f = pd.DataFrame(
+        {
+            "product_id": [1, 2, 3],
+            "title": ["Мяч детский красный", "Мяч детский красный 2", "Футболка оверсайз"],
+            "description": ["a b c", "x y z", "q r s"],
+            "has_image": True,
+            "image_path": paths,
+        }
+    )
     f2 = f.copy()
     f2.loc[1, "title"] = "Ваза для цветов"
-    cfg = {"title_threshold": 0.99, "description_threshold": 0.99}   # no text pairs
+    cfg = {"title_threshold": 0.99, "description_threshold": 0.99}  # no text pairs
     assert dups.find_clusters(f, f.iloc[:0], cfg)[1]["image_edges"] == 1
     assert dups.find_clusters(f2, f2.iloc[:0], cfg)[1]["image_edges"] == 0
 
@@ -95,7 +114,7 @@ def test_auto_groups_only_when_the_test_split_keeps_clusters_apart(grouped_test)
     a = dups.audit(cl_train, cl_test, {"plain": plain, "grouped": grouped})
     use, why = choose_grouping(a, 0.05)
     assert use is grouped_test, why
-    assert a["p_oof_grouped"] == 0.0                   # clusters are never split across folds
+    assert a["p_oof_grouped"] == 0.0  # clusters are never split across folds
     if grouped_test:
         assert a["p_test"] == 0.0 and a["p_oof_plain"] > 0.3
     else:
@@ -115,8 +134,8 @@ def test_make_folds_auto_on_demo_groups_and_is_reproducible(demo_dir, make_cfg, 
     cl = pd.read_parquet(out / "dups.parquet")
     assert set(cl.columns) == {"product_id", "split", "cluster"}
     m = folds.merge(cl, on="product_id")
-    assert (m.groupby("cluster").fold.nunique() == 1).all()   # no cluster across folds
-    assert a["clusters"]["largest_cluster"] <= 5               # demo products have at most 5 variants
+    assert (m.groupby("cluster").fold.nunique() == 1).all()  # no cluster across folds
+    assert a["clusters"]["largest_cluster"] <= 5  # demo products have at most 5 variants
     # cached clusters, identical folds for the same seed
     first = (out / "folds.csv").read_bytes()
     stamp = (out / "dups.json").stat().st_mtime_ns
@@ -136,8 +155,13 @@ def test_make_folds_auto_on_demo_groups_and_is_reproducible(demo_dir, make_cfg, 
 def test_make_folds_auto_stays_plain_on_a_random_split(demo_dir, tmp_path, make_cfg):
     """The same listings re-split at random (variants cross it): auto keeps plain folds."""
     sol = pd.read_csv(demo_dir / "solution.csv")
-    raw = pd.concat([pd.read_parquet(demo_dir / "train.parquet"),
-                     pd.read_parquet(demo_dir / "test.parquet").merge(sol, on="product_id")], ignore_index=True)
+    raw = pd.concat(
+        [
+            pd.read_parquet(demo_dir / "train.parquet"),
+            pd.read_parquet(demo_dir / "test.parquet").merge(sol, on="product_id"),
+        ],
+        ignore_index=True,
+    )
     raw = raw.drop(columns=["category_name"])
     rng = np.random.default_rng(0)
     counts = raw.category_id.map(raw.category_id.value_counts())
@@ -146,7 +170,7 @@ def test_make_folds_auto_stays_plain_on_a_random_split(demo_dir, tmp_path, make_
     (data / "images").mkdir(parents=True)
     raw[~is_test].to_parquet(data / "train.parquet")
     raw[is_test].drop(columns=["category_id"]).to_parquet(data / "test.parquet")
-    cfg = make_cfg(data, "folds.dups.image_hamming=null")   # text pairs only: no images copied
+    cfg = make_cfg(data, "folds.dups.image_hamming=null")  # text pairs only: no images copied
     make_folds(cfg)
     meta = json.loads((tmp_path / "work" / "folds" / "meta.json").read_text())
     a = meta["dup_audit"]
@@ -172,6 +196,6 @@ def test_has_dup_in_training_counts_other_folds_only():
 
 def test_a_class_that_is_one_product_is_never_validated():
     y = np.array([0] * 10 + [1] * 10 + [2, 2, 2])
-    groups = np.r_[np.arange(20), [99, 99, 99]]        # class 2: three variants of one product
+    groups = np.r_[np.arange(20), [99, 99, 99]]  # class 2: three variants of one product
     folds = assign_folds(y, 5, 0, groups)
     assert (folds[-3:] == -1).all() and (folds[:20] >= 0).all()

@@ -10,11 +10,13 @@ from smart_product.features import load_features, make_features
 from smart_product.folds import make_folds
 
 CHEAP_SETS = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}, navec: {kind: navec}}"]
-TINY_FT = ("features.sets={"
-           "img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
-           "         workers: 0, finetune: {epochs: 2, lr: 0.003, batch_size: 64}},"
-           "txt_ft: {kind: text, model: tiny-random-bert, view: title, max_length: 16, batch_size: 256,"
-           "         finetune: {epochs: 2, lr: 0.003, batch_size: 64}}}")
+TINY_FT = (
+    "features.sets={"
+    "img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
+    "         workers: 0, finetune: {epochs: 2, lr: 0.003, batch_size: 64}},"
+    "txt_ft: {kind: text, model: tiny-random-bert, view: title, max_length: 16, batch_size: 256,"
+    "         finetune: {epochs: 2, lr: 0.003, batch_size: 64}}}"
+)
 
 
 def _ids(demo_dir):
@@ -32,10 +34,10 @@ def test_cheap_sets_shapes_and_cache(demo_dir, make_cfg):
     assert np.isfinite(Xtr).all() and np.isfinite(Xte).all()
     root = cfg["out_dir"] + "/features"
     nav = np.load(root + "/navec/train.npy")
-    assert (np.abs(nav[:, 300:600]).sum(1) > 0).mean() > 0.9   # titles found in navec's vocabulary
+    assert (np.abs(nav[:, 300:600]).sum(1) > 0).mean() > 0.9  # titles found in navec's vocabulary
     tab = json.loads(open(root + "/tabular/meta.json").read())["columns"]
     has_img = np.load(root + "/tabular/train.npy")[:, tab.index("has_image")]
-    assert has_img.sum() == len(tr_ids) - 5     # 3 missing + 2 corrupt demo images
+    assert has_img.sum() == len(tr_ids) - 5  # 3 missing + 2 corrupt demo images
     # a rerun with nothing changed does no work; a changed set is redone alone
     mtime = Path(root + "/navec/train.npy").stat().st_mtime_ns
     assert make_features(cfg) == {}
@@ -59,7 +61,7 @@ def test_frozen_lite0_embeddings_separate_classes(demo_dir):
     assert enc.dim == 1280 and enc.mean == (0.5, 0.5, 0.5)
     X, ok, rate = embed(enc, "image", sub.image_path.tolist(), batch_size=32, workers=0)
     assert X.shape == (len(sub), 1280) and rate > 0
-    assert (np.abs(X[~ok]).sum(1) == 0).all()     # missing images -> zero vectors
+    assert (np.abs(X[~ok]).sum(1) == 0).all()  # missing images -> zero vectors
     acc = cross_val_score(KNeighborsClassifier(1), X[ok], sub.category_id.to_numpy()[ok], cv=3).mean()
     assert acc > 2 / len(top), acc
 
@@ -68,6 +70,7 @@ def test_load_by_position_rejects_mismatch(tmp_path):
     import torch
 
     from smart_product.backbones import _load_by_position
+
     model = torch.nn.Linear(3, 2)
     torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(3)}, tmp_path / "w.pth")
     with pytest.raises(ValueError, match="shape"):
@@ -145,9 +148,15 @@ def _two_field_frame(n=200):
     """Class 0: 'red' in the title, 'cotton' in the description; class 1: the other way round.
     Both classes have the same bag of words over all text: only the field tells them apart."""
     y = np.arange(n) % 2
-    frame = pd.DataFrame({"title": np.where(y == 0, "red", "cotton"), "description": np.where(y == 0, "cotton", "red"),
-                          "attributes_text": "", "shop_title": "shop",
-                          **{f"{f}_text": "" for f in ("custom_characteristics", "defined_characteristics", "filters")}})
+    frame = pd.DataFrame(
+        {
+            "title": np.where(y == 0, "red", "cotton"),
+            "description": np.where(y == 0, "cotton", "red"),
+            "attributes_text": "",
+            "shop_title": "shop",
+            **{f"{f}_text": "" for f in ("custom_characteristics", "defined_characteristics", "filters")},
+        }
+    )
     return frame, y
 
 
@@ -160,13 +169,16 @@ def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
     frame, y = _two_field_frame()
     half = len(frame) // 2
     joint = _tfidf_matrix(frame[:half], frame[half:], {"fields": {"all": {"word": [1, 1]}}})
-    fields = _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1]},
-                                                                   "description": {"word": [1, 1], "weight": 0.5}}})
+    fields = _tfidf_matrix(
+        frame[:half],
+        frame[half:],
+        {"fields": {"title": {"word": [1, 1]}, "description": {"word": [1, 1], "weight": 0.5}}},
+    )
     acc_joint = cross_val_score(LinearSVC(), joint, y, cv=4).mean()
     acc_fields = cross_val_score(LinearSVC(), fields, y, cv=4).mean()
     assert acc_joint <= 0.6 and acc_fields == 1.0
-    assert fields.shape == (len(frame), 4)                  # red/cotton per field
-    assert np.isclose(fields[:, 2:].max(), 0.5)              # the description block is scaled by its weight
+    assert fields.shape == (len(frame), 4)  # red/cotton per field
+    assert np.isclose(fields[:, 2:].max(), 0.5)  # the description block is scaled by its weight
     with pytest.raises(DataError, match="unknown TF-IDF field 'body'"):
         _tfidf_matrix(frame[:half], frame[half:], {"fields": {"body": {"word": [1, 1]}}})
     with pytest.raises(DataError, match="needs word and/or char"):
@@ -185,21 +197,24 @@ def test_stemmed_word_ngrams_make_one_feature_of_a_word_s_forms():
     spec = {"word": [1, 1], "min_df": 1}
     plain = _tfidf_matrix(train, test, {"fields": {"title": spec}})
     stem = _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "russian"}}})
-    assert plain.shape[1] == 7 and stem.shape[1] == 3                 # футболк, мужск, ковр
-    assert np.isclose((stem[0] @ stem[1].T).toarray()[0, 0], 1.0)     # the two t-shirt titles are one text
+    assert plain.shape[1] == 7 and stem.shape[1] == 3  # футболк, мужск, ковр
+    assert np.isclose((stem[0] @ stem[1].T).toarray()[0, 0], 1.0)  # the two t-shirt titles are one text
     assert (plain[4] @ plain[0].T).toarray()[0, 0] == 0 < (stem[4] @ stem[0].T).toarray()[0, 0]  # "футболку"
     latin = pd.DataFrame({"title": ["Running shoes, men's", "Cotton T-shirt for men", "Shoes"]})
     a = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1}}})
     b = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1, "stem": "russian"}}})
-    assert a.shape == b.shape and (a != b).nnz == 0                    # the Russian stemmer leaves Latin words alone
+    assert a.shape == b.shape and (a != b).nnz == 0  # the Russian stemmer leaves Latin words alone
     with pytest.raises(DataError, match="not a Snowball language"):
         _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "klingon"}}})
 
 
 def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
-    cfg = make_cfg(demo_dir, "features.sets={tf: {kind: tfidf_sparse, fields: {title: {word: [1, 2], char: [2, 4]},"
-                             " description: {word: [1, 1]}, dicts: {word: [1, 1]}, shop_title: {word: [1, 1]}}},"
-                             " tf_svd: {kind: tfidf, svd_dim: 16, fields: {title: {word: [1, 1]}}}}")
+    cfg = make_cfg(
+        demo_dir,
+        "features.sets={tf: {kind: tfidf_sparse, fields: {title: {word: [1, 2], char: [2, 4]},"
+        " description: {word: [1, 1]}, dicts: {word: [1, 1]}, shop_title: {word: [1, 1]}}},"
+        " tf_svd: {kind: tfidf, svd_dim: 16, fields: {title: {word: [1, 1]}}}}",
+    )
     make_features(cfg)
     tr_ids, te_ids = _ids(demo_dir)
     Xtr, Xte = load_features(cfg, ["tf"], 0, tr_ids, te_ids)
@@ -208,8 +223,9 @@ def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
     assert Ztr.shape == (len(tr_ids), 16) and np.isfinite(Ztr).all()
 
 
-def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(demo_dir, tmp_path, make_cfg,
-                                                                           monkeypatch, caplog):
+def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(
+    demo_dir, tmp_path, make_cfg, monkeypatch, caplog
+):
     """No readable image in the data: the image set is skipped with one log line (no model is built,
     no blank image is embedded), the head that lists it runs on its other sets, and the blend
     writes a valid submission."""
@@ -224,10 +240,14 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(demo_d
     data.mkdir()
     for f in ("train.parquet", "test.parquet"):
         shutil.copy(demo_dir / f, data / f)
-    cfg = make_cfg(data, "features.sets={tfidf_sparse: {kind: tfidf_sparse}, image: {kind: image, "
-                         "model: test_efficientnet, weights: random, image_size: 32}}",
-                   "heads={lr: {kind: linear, features: [tfidf_sparse, image], params: {C: 0.5, solver: svm}}}",
-                   "blend.trials=5", "blend.stack.bags=1")
+    cfg = make_cfg(
+        data,
+        "features.sets={tfidf_sparse: {kind: tfidf_sparse}, image: {kind: image, "
+        "model: test_efficientnet, weights: random, image_size: 32}}",
+        "heads={lr: {kind: linear, features: [tfidf_sparse, image], params: {C: 0.5, solver: svm}}}",
+        "blend.trials=5",
+        "blend.stack.bags=1",
+    )
 
     def no_model(opts):
         raise AssertionError("a model was built for a catalogue without images")
@@ -240,13 +260,13 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(demo_d
         meta = json.loads((Path(cfg["out_dir"]) / "features/image/meta.json").read_text())
         assert "train has 0 readable images of 2000 rows" in meta["skipped"]
         assert not list((Path(cfg["out_dir"]) / "features/image").glob("*.np?"))
-        assert make_features(cfg) == {}                                   # the skip is cached
+        assert make_features(cfg) == {}  # the skip is cached
         metrics = train_heads(cfg)
     assert any("features/image was skipped" in r.message and "runs without it" in r.message for r in caplog.records)
-    assert metrics["lr"]["overall"]["weighted_f1"] > 0.5                # text alone, far above chance
+    assert metrics["lr"]["overall"]["weighted_f1"] > 0.5  # text alone, far above chance
     run_blend(cfg)
     sub_path = Path(cfg["out_dir"]) / "submissions" / "blend.csv"
-    check_against_data(read_submission(sub_path), data, sub_path)       # every test id once, train classes
+    check_against_data(read_submission(sub_path), data, sub_path)  # every test id once, train classes
     only_image = {**cfg, "heads": {"img": {"kind": "linear", "features": ["image"]}}}
     with pytest.raises(DataError, match="was skipped"):
         train_heads(only_image)

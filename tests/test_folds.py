@@ -46,7 +46,7 @@ def test_group_option_keeps_groups_whole():
     rng = np.random.default_rng(0)
     y = _labels()
     groups = rng.integers(0, 600, len(y))
-    groups[-8] = groups[0]            # y[-8] is a singleton: its group goes to -1 whole
+    groups[-8] = groups[0]  # y[-8] is a singleton: its group goes to -1 whole
     assert (y == y[-8]).sum() == 1
     folds = assign_folds(y, 5, seed=2, groups=groups)
     per_group = pd.DataFrame({"g": groups, "f": folds}).groupby("g").f.nunique()

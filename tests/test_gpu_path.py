@@ -1,4 +1,5 @@
 """The GPU path on CPU: decode-once image cache, flip TTA, LoRA, folds as jobs, DDP (gloo, 2 processes)."""
+
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ from PIL import Image
 from smart_product.data import load_split
 from smart_product.images import CachedRows, ImageCache, image_cache
 
-TINY_IMG = ("img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
-            " workers: 0, full_fit: true, save_weights: true, finetune: {epochs: 2, lr: 0.003, batch_size: 64}}")
+TINY_IMG = (
+    "img_ft: {kind: image, model: test_efficientnet, weights: random, image_size: 48, batch_size: 128,"
+    " workers: 0, full_fit: true, save_weights: true, finetune: {epochs: 2, lr: 0.003, batch_size: 64}}"
+)
 
 
 def _pil(path, size, draft):
@@ -166,8 +169,17 @@ def test_lora_trains_adapters_only_and_merges(demo_dir):
     enc = build_text_encoder("tiny-random-bert", max_length=16)
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
     total = sum(p.numel() for p in enc.model.parameters())
-    log = finetune(enc, "text", train.title.tolist(), y, len(classes), epochs=3, lr=0.01, batch_size=32,
-                   lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]})
+    log = finetune(
+        enc,
+        "text",
+        train.title.tolist(),
+        y,
+        len(classes),
+        epochs=3,
+        lr=0.01,
+        batch_size=32,
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+    )
     assert log["lora"] and 0 < log["trainable_params"] < 0.1 * total
     assert log["history"][-1]["loss"] < log["history"][0]["loss"]
     after = enc.model.state_dict()
@@ -178,20 +190,24 @@ def test_lora_trains_adapters_only_and_merges(demo_dir):
     X, _, _ = embed(enc, "text", train.title.tolist()[:20], batch_size=8)
     assert X.shape == (20, enc.dim)
     with pytest.raises(ValueError, match="text encoders"):
-        finetune(build_image_encoder("test_efficientnet", "random", image_size=32), "image", [], [], 2,
-                 lora={"r": 4})
+        finetune(build_image_encoder("test_efficientnet", "random", image_size=32), "image", [], [], 2, lora={"r": 4})
 
 
 def _overrides():
     """A tiny config (3 folds, a per-fold image set, a pseudo-label round) as key=value pairs."""
-    heads = ("heads={"
-             "lr: {kind: linear, features: [tfidf_sparse, img_ft], params: {C: 0.5, solver: svm},"
-             "     test_from: full, calibrate: true},"
-             "mlp: {kind: mlp, features: [tabular, img_ft], params: {hidden: [64], max_epochs: 20, patience: 4},"
-             "      calibrate: true}}")
+    heads = (
+        "heads={"
+        "lr: {kind: linear, features: [tfidf_sparse, img_ft], params: {C: 0.5, solver: svm},"
+        "     test_from: full, calibrate: true},"
+        "mlp: {kind: mlp, features: [tabular, img_ft], params: {hidden: [64], max_epochs: 20, patience: 4},"
+        "      calibrate: true}}"
+    )
     img = TINY_IMG.replace("image_size: 48", "image_size: 32").replace("epochs: 2", "epochs: 1")
-    sets = ("features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {title: {word: [1, 2]}}}, "
-            + img + "}")
+    sets = (
+        "features.sets={tabular: {kind: tabular}, tfidf_sparse: {kind: tfidf_sparse, fields: {title: {word: [1, 2]}}}, "
+        + img
+        + "}"
+    )
     return ["folds.k=3", sets, heads, "pseudo={rounds: 1, heads: [lr], threshold: 0.5}"]
 
 
@@ -243,18 +259,32 @@ def test_fold_jobs_then_assembling_run_equal_a_one_shot_run_byte_for_byte(demo_d
 
 def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_embedder(demo_dir, tmp_path):
     from smart_product.backbones import embed
+    from smart_product.config import load_config
     from smart_product.features import _items, _load_for_features, load_finetuned
     from smart_product.folds import make_folds
-
-    from smart_product.config import load_config
 
     sets = "features.sets={" + TINY_IMG + "}"
     cfg = load_config(None, [f"out_dir={tmp_path}", "folds.k=3", sets], str(demo_dir))
     make_folds(cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "smart_product", "features", "--data", str(demo_dir), "--fold", "0", "-q",
-           f"out_dir={tmp_path}", "folds.k=3", sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "smart_product",
+        "features",
+        "--data",
+        str(demo_dir),
+        "--fold",
+        "0",
+        "-q",
+        f"out_dir={tmp_path}",
+        "folds.k=3",
+        sets,
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     sub = tmp_path / "features" / "img_ft" / "fold0"
@@ -267,8 +297,13 @@ def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_
     # the DDP-trained weights load into a single-process encoder and embed the same vectors
     enc = load_finetuned(cfg, "img_ft", 0)
     train, _ = _load_for_features(cfg)  # what the features stage read (image status applied)
-    rows = _items(train, {"kind": "image"}, "train", enc.size,
-                  {"root": tmp_path / "features", "data_fp": meta["data_fingerprint"]})
+    rows = _items(
+        train,
+        {"kind": "image"},
+        "train",
+        enc.size,
+        {"root": tmp_path / "features", "data_fp": meta["data_fingerprint"]},
+    )
     assert isinstance(rows, CachedRows)
     X, _, _ = embed(enc, "image", rows, batch_size=128, workers=0)
     np.testing.assert_allclose(X, np.load(sub / "train.npy"), atol=1e-4)
@@ -280,8 +315,12 @@ def test_a_misspelt_finetune_key_is_a_config_error_before_any_work(demo_dir, mak
     from smart_product.features import make_features
     from smart_product.folds import make_folds
 
-    cfg = make_cfg(demo_dir, "features.sets={img: {kind: image, model: test_efficientnet, weights: random,"
-                             " image_size: 32, finetune: {epoch: 1}}}", "folds.k=3")
+    cfg = make_cfg(
+        demo_dir,
+        "features.sets={img: {kind: image, model: test_efficientnet, weights: random,"
+        " image_size: 32, finetune: {epoch: 1}}}",
+        "folds.k=3",
+    )
     make_folds(cfg)
     with pytest.raises(DataError, match=r"finetune: unknown keys \['epoch'\]"):
         make_features(cfg)

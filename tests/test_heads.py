@@ -14,20 +14,23 @@ from smart_product.report import make_report
 
 CHEAP = "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 64}, navec: {kind: navec}}"
 FEATS = "[tabular, tfidf, navec]"
-HEADS = ("heads={"   # logreg: max_iter 200 gives the same OOF F1 in 3x the time
-         f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 50}}}},"
-         f"mlp: {{kind: mlp, features: {FEATS}, params: {{hidden: [256, 128, 64], max_epochs: 60, patience: 8}}}},"
-         f"catboost: {{kind: catboost, features: {FEATS}, params: {{reduce: lfda, dim: 24, iterations: 120,"
-         f"  learning_rate: 0.2, depth: 4, border_count: 32}}}},"
-         f"lfda_knn: {{kind: lfda_knn, features: {FEATS}, params: {{pca_dim: 64, n_components: 32}}}}}}")
+HEADS = (
+    "heads={"  # logreg: max_iter 200 gives the same OOF F1 in 3x the time
+    f"logreg: {{kind: logreg, features: {FEATS}, params: {{C: 0.1, max_iter: 50}}}},"
+    f"mlp: {{kind: mlp, features: {FEATS}, params: {{hidden: [256, 128, 64], max_epochs: 60, patience: 8}}}},"
+    f"catboost: {{kind: catboost, features: {FEATS}, params: {{reduce: lfda, dim: 24, iterations: 120,"
+    f"  learning_rate: 0.2, depth: 4, border_count: 32}}}},"
+    f"lfda_knn: {{kind: lfda_knn, features: {FEATS}, params: {{pca_dim: 64, n_components: 32}}}}}}"
+)
 
 
 @pytest.fixture(scope="module")
 def trained(demo_dir, tmp_path_factory):
     from smart_product.config import load_config
 
-    cfg = load_config(None, [f"out_dir={tmp_path_factory.mktemp('heads')}", CHEAP, HEADS,
-                             "pseudo.rounds=0"], str(demo_dir))   # pseudo-labels have their own tests
+    cfg = load_config(
+        None, [f"out_dir={tmp_path_factory.mktemp('heads')}", CHEAP, HEADS, "pseudo.rounds=0"], str(demo_dir)
+    )  # pseudo-labels have their own tests
     make_folds(cfg)
     make_features(cfg)
     return cfg, train_heads(cfg)
@@ -66,7 +69,7 @@ def test_oof_files_and_nan_rows(trained, demo_dir):
 
 def test_same_seed_reproduces_oof_f1(trained):
     cfg, metrics = trained
-    for name in ("mlp", "catboost"):   # two folds refit (not all five): the same per-fold scores
+    for name in ("mlp", "catboost"):  # two folds refit (not all five): the same per-fold scores
         again = run_head(cfg, name, write=False, folds_to_run=[1, 3])
         first = {f["fold"]: f["weighted_f1"] for f in metrics[name]["folds"]}
         assert [round(f["weighted_f1"], 4) for f in again["folds"]] == [round(first[k], 4) for k in (1, 3)], name
@@ -74,6 +77,7 @@ def test_same_seed_reproduces_oof_f1(trained):
 
 class SpyHead:
     """Records the product ids (feature column 0) it was fit on and asked to predict."""
+
     calls = []
 
     def __init__(self, seed=0):
@@ -102,8 +106,11 @@ def test_no_oof_prediction_comes_from_a_model_fit_on_that_row(trained, monkeypat
         np.save(ids_dir / f"{split}_ids.npy", ids)
         np.save(ids_dir / f"{split}.npy", ids.astype(np.float64)[:, None])
     (ids_dir / "meta.json").write_text("{}")
-    cfg = {**cfg, "features": {"sets": {**cfg["features"]["sets"], "ids": {"kind": "tabular"}}},
-           "heads": {"spy": {"kind": "spy", "features": ["ids"]}}}
+    cfg = {
+        **cfg,
+        "features": {"sets": {**cfg["features"]["sets"], "ids": {"kind": "tabular"}}},
+        "heads": {"spy": {"kind": "spy", "features": ["ids"]}},
+    }
     monkeypatch.setitem(heads_mod.HEADS, "spy", SpyHead)
     SpyHead.calls = []
     run_head(cfg, "spy", write=False)
@@ -111,9 +118,9 @@ def test_no_oof_prediction_comes_from_a_model_fit_on_that_row(trained, monkeypat
     assert len(SpyHead.calls) == 5
     seen_oof = []
     for k, model in enumerate(SpyHead.calls):
-        oof_ids = set(model.predicted[0])                       # first call: fold k's rows
+        oof_ids = set(model.predicted[0])  # first call: fold k's rows
         assert oof_ids == set(folds.product_id[folds.fold == k])
-        assert not oof_ids & model.fit_ids                      # never fit on a row it predicts
+        assert not oof_ids & model.fit_ids  # never fit on a row it predicts
         seen_oof += list(oof_ids)
     assert len(seen_oof) == len(set(seen_oof)) == (folds.fold >= 0).sum()
 
@@ -140,7 +147,7 @@ def test_tuning_resumes_from_its_sqlite_study(trained):
     assert first["trials"] == 2 and 0.5 < first["weighted_f1"] <= 1
     db = Path(cfg["out_dir"]) / "oof" / "logreg" / "optuna.db"
     assert db.is_file()
-    again = tune_head(cfg, "logreg", n_trials=3, folds_to_run=[0, 1])   # an interrupted search goes on
+    again = tune_head(cfg, "logreg", n_trials=3, folds_to_run=[0, 1])  # an interrupted search goes on
     assert again["trials"] == 3
     study = optuna.load_study(study_name="logreg", storage=f"sqlite:///{db}")
     assert len(study.trials) == 3
@@ -151,14 +158,14 @@ def test_wandb_tracking_offline(trained):
     from smart_product.tracking import log_run
 
     cfg, metrics = trained
-    assert log_run(cfg, metrics, Path(cfg["out_dir"]) / "oof") is None          # off by default
+    assert log_run(cfg, metrics, Path(cfg["out_dir"]) / "oof") is None  # off by default
     cfg = {**cfg, "tracking": {"wandb": True, "mode": "offline", "project": "test"}}
     report = make_report(cfg)
     run_dir = Path(log_run(cfg, metrics, report.parent))
     assert run_dir.is_dir() and str(run_dir).startswith(cfg["out_dir"])
     run_root = run_dir.parent
-    assert list(run_root.glob("*.wandb"))                                       # the offline run file
-    assert len(list(run_dir.rglob("*.png"))) == 2                               # report plots logged
+    assert list(run_root.glob("*.wandb"))  # the offline run file
+    assert len(list(run_dir.rglob("*.png"))) == 2  # report plots logged
 
 
 def test_linear_head_matches_liblinear_and_lbfgs_and_gives_probabilities():
@@ -172,7 +179,7 @@ def test_linear_head_matches_liblinear_and_lbfgs_and_gives_probabilities():
     from smart_product.heads import LinearHead
 
     rng = np.random.default_rng(0)
-    n, d, n_classes = 600, 300, 7                       # class 6 never appears in the fit rows
+    n, d, n_classes = 600, 300, 7  # class 6 never appears in the fit rows
     y = rng.integers(0, 6, n)
     X = sparse.random(n, d, density=0.05, random_state=0, format="csr", dtype=np.float32)
     X = sparse.hstack([X, sparse.csr_matrix(np.eye(6, dtype=np.float32)[y] * 0.3)]).tocsr()
@@ -221,10 +228,10 @@ def test_softmax_head_matches_sklearn_logistic_regression():
     sk = LogisticRegression(C=10, max_iter=3000).fit(X[fit], y[fit])
     sk_pred = sk.predict(X[val])
     sk_acc = (sk_pred == y[val]).mean()
-    assert 0.5 < sk_acc < 0.99                            # hard enough for the comparison to mean something
+    assert 0.5 < sk_acc < 0.99  # hard enough for the comparison to mean something
     # sklearn minimises ||w||^2 / 2 + C * sum(loss): the mean loss + ||w||^2 / (2 C n)
     exact = SoftmaxHead(optimizer="lbfgs", epochs=500, weight_decay=1 / (10 * fit.sum())).fit([X[fit]], y[fit], 9)
-    P = exact.predict_proba([X[val]])                     # class 8: no fit rows
+    P = exact.predict_proba([X[val]])  # class 8: no fit rows
     assert P.shape == (val.sum(), 9) and P.dtype == np.float32
     assert np.allclose(P.sum(1), 1, atol=1e-5) and (P[:, 8] == 0).all()
     assert (P.argmax(1) == sk_pred).mean() > 0.98
@@ -232,8 +239,16 @@ def test_softmax_head_matches_sklearn_logistic_regression():
     mini = SoftmaxHead(epochs=5, lr=0.3, batch_size=128, weight_decay=1e-3).fit([X[fit]], y[fit], 9)
     pred = mini.predict_proba([X[val]]).argmax(1)
     assert (pred == sk_pred).mean() > 0.93 and (pred == y[val]).mean() > sk_acc - 0.06
-    adam = SoftmaxHead(epochs=20, lr=0.02, optimizer="adam", hidden=64, batch_size=128, label_smoothing=0.1,
-                       input_dropout=0.1, weight_decay=1e-3).fit([X[fit]], y[fit], 9)
+    adam = SoftmaxHead(
+        epochs=20,
+        lr=0.02,
+        optimizer="adam",
+        hidden=64,
+        batch_size=128,
+        label_smoothing=0.1,
+        input_dropout=0.1,
+        weight_decay=1e-3,
+    ).fit([X[fit]], y[fit], 9)
     assert (adam.predict_proba([X[val]]).argmax(1) == y[val]).mean() > sk_acc - 0.1
     with pytest.raises(DataError, match="optimizer must be adagrad, adam or lbfgs"):
         SoftmaxHead(optimizer="sgd")
@@ -258,14 +273,14 @@ def test_lazy_row_updates_are_the_textbook_adagrad_and_adam():
             before = W.clone()
             Wu = lazy.select(u)
             assert torch.equal(Wu, before[u]) and Wu.requires_grad
-            gd = g + 0.01 * ref[u]                         # with L2: weight_decay * W[u]
+            gd = g + 0.01 * ref[u]  # with L2: weight_decay * W[u]
             if opt == "adagrad":
-                S[u] += gd ** 2
+                S[u] += gd**2
                 ref[u] -= 0.3 * gd / (S[u].sqrt() + 1e-10)
             else:
                 M[u] = 0.9 * M[u] + 0.1 * gd
-                V[u] = 0.999 * V[u] + 0.001 * gd ** 2
-                ref[u] -= 0.3 * (M[u] / (1 - 0.9 ** t)) / ((V[u] / (1 - 0.999 ** t)).sqrt() + 1e-8)
+                V[u] = 0.999 * V[u] + 0.001 * gd**2
+                ref[u] -= 0.3 * (M[u] / (1 - 0.9**t)) / ((V[u] / (1 - 0.999**t)).sqrt() + 1e-8)
             lazy.step(u, g.clone(), 0.3, weight_decay=0.01)
             assert torch.allclose(W, ref, atol=1e-6), (opt, t)
             untouched = torch.ones(50, dtype=torch.bool)
@@ -286,9 +301,12 @@ def test_softmax_head_runs_on_cuda():
 
 def test_a_head_over_its_max_classes_is_skipped(demo_dir, make_cfg, caplog):
     """`max_classes`: a liblinear head is skipped (logged) on a catalogue of more classes, unless asked for by name."""
-    cfg = make_cfg(demo_dir, "features.sets={tabular: {kind: tabular}}",
-                   "heads={small: {kind: logreg, features: [tabular], max_classes: 3, params: {max_iter: 50}},"
-                   " any: {kind: logreg, features: [tabular], params: {max_iter: 50}}}")
+    cfg = make_cfg(
+        demo_dir,
+        "features.sets={tabular: {kind: tabular}}",
+        "heads={small: {kind: logreg, features: [tabular], max_classes: 3, params: {max_iter: 50}},"
+        " any: {kind: logreg, features: [tabular], params: {max_iter: 50}}}",
+    )
     make_folds(cfg)
     make_features(cfg)
     with caplog.at_level("WARNING"):
@@ -335,7 +353,7 @@ def test_naive_bayes_head_matches_sklearn():
     from smart_product.heads import NaiveBayesHead
 
     X, y = _sparse_problem(n=1200)
-    y = y * 2                                          # classes 0, 2, ..., 14 of 16: odd ones unseen
+    y = y * 2  # classes 0, 2, ..., 14 of 16: odd ones unseen
     for variant, sk in (("complement", ComplementNB), ("multinomial", MultinomialNB)):
         head = NaiveBayesHead(variant=variant, alpha=0.5, temperature=2.0).fit([X[:900]], y[:900], 16)
         ref = sk(alpha=0.5).fit(X[:900], y[:900])
@@ -357,21 +375,25 @@ def test_naive_bayes_head_matches_sklearn():
         NaiveBayesHead(alpha=0)
 
 
-ALL_KINDS_FEATS = ("features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
-                   " tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}},"   # word n-grams: the svm head 26 -> 9 s
-                   " listing: {kind: listing, by: shop_id}}")
-ALL_KINDS = ("heads={"
-             "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true},"
-             "linear: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true,"
-             "  test_from: full},"
-             "softmax: {kind: softmax, features: [tfidf_sparse], params: {hidden: 32, epochs: 2, batch_size: 256}},"
-             "mlp: {kind: mlp, features: [tabular, tfidf], params: {hidden: [64], max_epochs: 8, patience: 3}},"
-             "catboost: {kind: catboost, features: [tabular, tfidf], params: {reduce: lfda, dim: 8, iterations: 15,"
-             "  depth: 3}},"
-             "lfda_knn: {kind: lfda_knn, features: [tfidf], params: {pca_dim: 16, n_components: 8}},"
-             "knn: {kind: knn, features: [tfidf_sparse], calibrate: true},"
-             "nb: {kind: nb, features: [tfidf_sparse], params: {variant: multinomial, alpha: 0.01}, calibrate: true},"
-             "listing: {kind: listing, features: [listing]}}")
+ALL_KINDS_FEATS = (
+    "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32},"
+    " tfidf_sparse: {kind: tfidf_sparse, fields: {all: {word: [1, 2]}}},"  # word n-grams: the svm head 26 -> 9 s
+    " listing: {kind: listing, by: shop_id}}"
+)
+ALL_KINDS = (
+    "heads={"
+    "logreg: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true},"
+    "linear: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true,"
+    "  test_from: full},"
+    "softmax: {kind: softmax, features: [tfidf_sparse], params: {hidden: 32, epochs: 2, batch_size: 256}},"
+    "mlp: {kind: mlp, features: [tabular, tfidf], params: {hidden: [64], max_epochs: 8, patience: 3}},"
+    "catboost: {kind: catboost, features: [tabular, tfidf], params: {reduce: lfda, dim: 8, iterations: 15,"
+    "  depth: 3}},"
+    "lfda_knn: {kind: lfda_knn, features: [tfidf], params: {pca_dim: 16, n_components: 8}},"
+    "knn: {kind: knn, features: [tfidf_sparse], calibrate: true},"
+    "nb: {kind: nb, features: [tfidf_sparse], params: {variant: multinomial, alpha: 0.01}, calibrate: true},"
+    "listing: {kind: listing, features: [listing]}}"
+)
 
 
 def test_every_head_kind_predicts_fold_k_without_fold_k_labels(demo_dir, fit_heads, permute_fold, tmp_path):
@@ -384,7 +406,7 @@ def test_every_head_kind_predicts_fold_k_without_fold_k_labels(demo_dir, fit_hea
 
     overrides = [ALL_KINDS_FEATS, ALL_KINDS, "pseudo.rounds=0"]
     _, metrics = fit_heads(demo_dir, tmp_path / "a", overrides)
-    assert set(metrics) == set(HEADS)                      # every registered kind is covered
+    assert set(metrics) == set(HEADS)  # every registered kind is covered
     folds_csv = tmp_path / "a" / "folds" / "folds.csv"
     data_b, fold_of, k2 = permute_fold(folds_csv, 2)
     fit_heads(data_b, tmp_path / "b", overrides, folds_csv)
@@ -392,7 +414,7 @@ def test_every_head_kind_predicts_fold_k_without_fold_k_labels(demo_dir, fit_hea
         a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
         b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
         assert np.allclose(a[k2], b[k2], atol=1e-5), head
-        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-5), head   # fold 0's models saw fold 2
+        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-5), head  # fold 0's models saw fold 2
 
 
 def test_lfda_eigensolver_regularises_a_numerically_indefinite_scatter():

@@ -1,9 +1,9 @@
 """Real-data smoke test on ../shared/data/flipkart (62 classes, 16 singletons, 3 missing images)."""
+
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED
 
 FLIPKART = SHARED / "flipkart"
@@ -20,13 +20,20 @@ def test_flipkart_end_to_end_cheap(tmp_path):
     from smart_product.report import make_report
     from smart_product.submit import score_submission
 
-    cfg = load_config(None, [
-        f"out_dir={tmp_path}",
-        "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 128}, tfidf_sparse: {kind: tfidf_sparse}}",
-        "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true},"
-        " mlp: {kind: mlp, features: [tabular, tfidf], params: {hidden: [256, 128, 64], max_epochs: 80}}}",
-        "blend.trials=40", "blend.stack.bags=1",   # one stacker net: bagging has its own test
-        "pseudo.rounds=0"], str(FLIPKART))         # pseudo-label rounds have their own tests
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 128},"
+            " tfidf_sparse: {kind: tfidf_sparse}}",
+            "heads={tfidf_lr: {kind: linear, features: [tfidf_sparse], params: {C: 0.5, solver: svm}, calibrate: true},"
+            " mlp: {kind: mlp, features: [tabular, tfidf], params: {hidden: [256, 128, 64], max_epochs: 80}}}",
+            "blend.trials=40",
+            "blend.stack.bags=1",  # one stacker net: bagging has its own test
+            "pseudo.rounds=0",
+        ],
+        str(FLIPKART),
+    )  # pseudo-label rounds have their own tests
     meta = json.loads(make_folds(cfg).with_name("meta.json").read_text())
     assert meta["never_validated_rows"] == 16
     make_features(cfg)

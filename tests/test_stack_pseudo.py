@@ -1,4 +1,5 @@
 """Stacking, pseudo-labels, calibration and the kNN head: fold discipline and real behaviour."""
+
 import json
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_stacker_fold_k_predictions_ignore_fold_k_labels():
     assert (y2 != y).any()
     oof2, _, _ = cross_fit(probs, test, y2, folds, has, c, params)
     assert np.array_equal(oof[folds == 2], oof2[folds == 2])
-    assert not np.array_equal(oof[folds == 0], oof2[folds == 0])      # other folds did learn from fold 2
+    assert not np.array_equal(oof[folds == 0], oof2[folds == 0])  # other folds did learn from fold 2
     f1 = scores(y, oof.argmax(1))["weighted_f1"]
     assert f1 > max(scores(y, p.argmax(1))["weighted_f1"] for p in probs) + 0.01, f1
     mean_top = np.argsort(-(probs[0] + probs[1]), 1)[:, :15]
@@ -53,8 +54,9 @@ def test_stacker_scales_with_classes_not_weights_per_class():
     """900 classes: the model's size does not depend on the class count."""
     probs, y, _, c = _synthetic_heads(n=600, c=900)
     st = Stacker(top=15, hidden=8, max_steps=50).fit(probs, y, c)
-    small = Stacker(top=15, hidden=8, max_steps=50).fit([p[:, :30] / p[:, :30].sum(1, keepdims=True) for p in probs],
-                                                      np.minimum(y, 29), 30)
+    small = Stacker(top=15, hidden=8, max_steps=50).fit(
+        [p[:, :30] / p[:, :30].sum(1, keepdims=True) for p in probs], np.minimum(y, 29), 30
+    )
     n_params = sum(p.numel() for p in st.nets[0].parameters())
     assert n_params == sum(p.numel() for p in small.nets[0].parameters()) < 2000
     assert st.predict_proba(probs).shape == (600, 900)
@@ -72,9 +74,9 @@ def test_group_evidence_leaves_out_the_rows_own_fold_and_helps():
     gp = GroupPrior(alpha=1.0).fit(codes, y, folds, 4, np.full(4, 0.25))
     cand = np.array([[3, 1]] * 3 + [[2, 0]] * 2 + [[0, 1]])
     lp, size = gp.features(codes, cand, folds)
-    assert np.exp(size[:, 0]).round().tolist() == [3, 3, 3, 2, 2, 1]   # log(1 + n) of the other folds' rows
-    assert lp[0, 0] == pytest.approx(np.log((1 + 0.25) / 3))           # row 0 (class 3, fold 0): only row 1's 3
-    assert lp[5, 0] == pytest.approx(np.log(0.25))                    # group 2 only in its own fold: the prior
+    assert np.exp(size[:, 0]).round().tolist() == [3, 3, 3, 2, 2, 1]  # log(1 + n) of the other folds' rows
+    assert lp[0, 0] == pytest.approx(np.log((1 + 0.25) / 3))  # row 0 (class 3, fold 0): only row 1's 3
+    assert lp[5, 0] == pytest.approx(np.log(0.25))  # group 2 only in its own fold: the prior
     lp_all, size_all = gp.features(np.array([0, 7, -1]), np.array([[3, 1]] * 3))
     assert lp_all[0].tolist() == pytest.approx([np.log(2.25 / 4), np.log(1.25 / 4)])
     assert size_all[1:].max() == 0 and lp_all[2, 0] == pytest.approx(np.log(0.25))
@@ -82,21 +84,23 @@ def test_group_evidence_leaves_out_the_rows_own_fold_and_helps():
     probs, y, folds, c = _synthetic_heads(n=1500, seed=3)
     rng = np.random.default_rng(0)
     shop = rng.integers(0, 60, len(y))
-    y = np.where(rng.random(len(y)) < 0.7, shop % c, y)               # a shop mostly sells one class
+    y = np.where(rng.random(len(y)) < 0.7, shop % c, y)  # a shop mostly sells one class
     groups = shop[:, None]
     has = np.ones(len(y), bool)
     params = {"top": 15, "hidden": 8, "max_steps": 300, "batch_size": 256, "seed": 0}
     test, g_test = [p[:50] for p in probs], groups[:50]
     plain, _, _ = cross_fit(probs, test, y, folds, has, c, params)
-    with_g, t, _ = cross_fit(probs, test, y, folds, has, c, {**params, "groups": ["shop"]}, groups=groups,
-                             groups_test=g_test)
+    with_g, t, _ = cross_fit(
+        probs, test, y, folds, has, c, {**params, "groups": ["shop"]}, groups=groups, groups_test=g_test
+    )
     f1 = [scores(y, p.argmax(1))["weighted_f1"] for p in (plain, with_g)]
     assert f1[1] > f1[0] + 0.05, f1
     y2 = y.copy()
     k2 = np.flatnonzero(folds == 2)
     y2[k2] = rng.permutation(y[k2])
-    with_g2, _, _ = cross_fit(probs, test, y2, folds, has, c, {**params, "groups": ["shop"]}, groups=groups,
-                              groups_test=g_test)
+    with_g2, _, _ = cross_fit(
+        probs, test, y2, folds, has, c, {**params, "groups": ["shop"]}, groups=groups, groups_test=g_test
+    )
     assert np.array_equal(with_g[folds == 2], with_g2[folds == 2])
     with pytest.raises(ValueError, match="groups"):
         Stacker(groups=["shop"]).fit(probs, y, c)
@@ -104,12 +108,12 @@ def test_group_evidence_leaves_out_the_rows_own_fold_and_helps():
 
 def test_temperature_lowers_log_loss_of_an_overconfident_head():
     probs, y, _, _ = _synthetic_heads(n=4000)
-    P = probs[1]                                          # sharpened x4: over-confident
+    P = probs[1]  # sharpened x4: over-confident
     fit, held = slice(0, 2000), slice(2000, 4000)
     T = fit_temperature(P[fit], y[fit])
-    assert T > 1.5                                        # it softens
+    assert T > 1.5  # it softens
     assert log_loss(tempered(P[held], T), y[held]) < 0.8 * log_loss(P[held], y[held])
-    assert np.array_equal(tempered(P, T).argmax(1), P.argmax(1))   # confidence only, not decisions
+    assert np.array_equal(tempered(P, T).argmax(1), P.argmax(1))  # confidence only, not decisions
     assert np.allclose(tempered(tempered(P, T), 1 / T), P, atol=1e-4)  # undoable (the ablation does it)
 
 
@@ -125,15 +129,14 @@ def test_knn_head_retrieves_an_exact_duplicate_class():
     X = sparse.random(300, 2000, density=0.01, random_state=0, format="csr", dtype=np.float32)
     y = rng.integers(0, 40, 300)
     head = KnnHead(n_neighbors=10).fit([X], y, 40)
-    P = head.predict_proba([X[[5, 17, 250]]])             # exact copies of three training listings
+    P = head.predict_proba([X[[5, 17, 250]]])  # exact copies of three training listings
     assert P.argmax(1).tolist() == y[[5, 17, 250]].tolist()
     assert (P.max(1) > 0.9).all()
     dense = rng.normal(size=(300, 16)).astype(np.float32)  # the dense (embedding) path
     hd = KnnHead(n_neighbors=10).fit([dense], y, 40)
     assert hd.predict_proba([dense[[5, 17]]]).argmax(1).tolist() == y[[5, 17]].tolist()
-    empty = head.predict_proba([sparse.csr_matrix((1, 2000), dtype=np.float32)])   # no shared term: the prior
+    empty = head.predict_proba([sparse.csr_matrix((1, 2000), dtype=np.float32)])  # no shared term: the prior
     assert np.allclose(empty[0], np.bincount(y, minlength=40) / 300, atol=1e-6)
-
 
 
 def test_listing_head_takes_the_same_shops_nearest_listing():
@@ -157,21 +160,25 @@ def test_listing_head_takes_the_same_shops_nearest_listing():
     # 13 -> 12 (class 0); 19 -> 20 (class 1); 22 -> 21 (class 1); 29: shop 1's nearest is 21 (class 1),
     # not shop 2's 30 next to it
     assert P[:4].argmax(1).tolist() == [0, 1, 1, 1]
-    assert np.allclose(P[4], np.bincount(y, minlength=5) / len(y))   # shop 3: no training listing
-    three = ListingHead(n_neighbors=3).fit(Xtr, y, 5).predict_proba(Xte[:1])   # 12; 11 and 20 (2 ranks away)
+    assert np.allclose(P[4], np.bincount(y, minlength=5) / len(y))  # shop 3: no training listing
+    three = ListingHead(n_neighbors=3).fit(Xtr, y, 5).predict_proba(Xte[:1])  # 12; 11 and 20 (2 ranks away)
     assert three[0, :2] == pytest.approx([(2 + 0.5 * 3 / 8) / 3.5, (1 + 0.5 * 2 / 8) / 3.5])
     with pytest.raises(DataError, match="listing feature set alone"):
         head.predict_proba(np.zeros((2, 3), np.float32))
-    missing = listing(train.assign(brand=["a"] * 7 + [None]), test.assign(brand=[None, None, "a", "a", "b"]),
-                      {"by": "brand"})
-    codes = np.concatenate([missing[0][:, 0], missing[1][:, 0]])   # each missing value: a list of its own
+    missing = listing(
+        train.assign(brand=["a"] * 7 + [None]), test.assign(brand=[None, None, "a", "a", "b"]), {"by": "brand"}
+    )
+    codes = np.concatenate([missing[0][:, 0], missing[1][:, 0]])  # each missing value: a list of its own
     assert len(set(codes[[7, 8, 9]])) == 3 and codes[10] == codes[0] and len(set(codes)) == 5
     with pytest.raises(DataError, match="no column 'seller'"):
         listing(train, test, {"by": "seller", "name": "listing"})
 
-CHEAP = ["features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}",
-         "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true}}",
-         "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}"]
+
+CHEAP = [
+    "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}",
+    "heads={lr: {kind: logreg, features: [tabular, tfidf], params: {C: 0.1, max_iter: 50}, calibrate: true}}",
+    "pseudo={rounds: 2, threshold: 0.6, heads: [lr]}",
+]
 
 
 def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, fit_heads, permute_fold, tmp_path):
@@ -190,7 +197,7 @@ def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, fit_head
         a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
         b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
         assert np.allclose(a[k1], b[k1], atol=1e-6), head
-        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-6)   # other folds saw fold 1
+        assert not np.allclose(a[fold_of == 0], b[fold_of == 0], atol=1e-6)  # other folds saw fold 1
     pl = json.loads((tmp_path / "a" / "oof" / "lr_pl1" / "metrics.json").read_text())
     assert pl["head"] == "lr_pl1" and (tmp_path / "a" / "oof" / "lr_pl1" / "test_folds.npy").is_file()
 
@@ -230,8 +237,8 @@ def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):
     codes = np.concatenate([g, g_test])
     first = both["title"].str.lower().str.extract(r"(\w+)")[0]
     for j, key in enumerate([both["shop_id"].astype(str), first, both["shop_id"].astype(str) + "|" + first]):
-        assert pd.Series(codes[:, j]).groupby(key.to_numpy()).nunique().max() == 1      # one code a value
-        assert pd.Series(key.to_numpy()).groupby(codes[:, j]).nunique().max() == 1      # one value a code
+        assert pd.Series(codes[:, j]).groupby(key.to_numpy()).nunique().max() == 1  # one code a value
+        assert pd.Series(key.to_numpy()).groupby(codes[:, j]).nunique().max() == 1  # one value a code
     assert group_codes([train, test], []) == (None, None)
     with pytest.raises(DataError, match="not a column.*columns: product_id"):
         group_codes([train, test], ["brand"])
@@ -276,10 +283,11 @@ def _fold_models(n, n_test, c=30, k=5, seed=0):
         z = rng.normal(0, noise, (n + n_test, c))
         z[np.arange(n + n_test), y] += 2.5
 
-        def view(rows):
+        def view(rows, z=z, noise=noise, sharp=sharp):
             zz = z[rows] + rng.normal(0, 0.7 * noise, (len(rows), c))
             e = np.exp(sharp * (zz - zz.max(1, keepdims=True)))
             return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
         probs.append(view(np.arange(n)))
         tests.append(np.stack([view(np.arange(n, n + n_test)) for _ in range(k)]))
     return probs, tests, y[:n], y[n:], rng.integers(0, k, n), c
@@ -294,8 +302,8 @@ def test_stacker_scores_test_rows_from_inputs_of_its_oof_kind():
 
     probs, tests, y, y_test, folds, c = _fold_models(2000, 3000)
     conf = [float(p.max(1).mean()) for p in probs]
-    assert all(float(T.mean(0).max(1).mean()) < cf - 0.04 for T, cf in zip(tests, conf))     # smoother
-    assert all(abs(float(T[0].max(1).mean()) - cf) < 0.02 for T, cf in zip(tests, conf))       # one model: not
+    assert all(float(T.mean(0).max(1).mean()) < cf - 0.04 for T, cf in zip(tests, conf))  # smoother
+    assert all(abs(float(T[0].max(1).mean()) - cf) < 0.02 for T, cf in zip(tests, conf))  # one model: not
     params = {"top": 15, "hidden": 8, "max_steps": 300, "batch_size": 256, "seed": 0}
     has = np.ones(len(y), bool)
     oof, test, info = cross_fit(probs, tests, y, folds, has, c, params)
@@ -308,12 +316,12 @@ def test_stacker_scores_test_rows_from_inputs_of_its_oof_kind():
         per_fold.append(st.predict_proba([T[k] for T in tests]))
     per_fold = np.stack(per_fold)
     shift = abs(per_fold.max(2).mean() - oof.max(1).mean())
-    assert shift < 0.02                                                                    # as confident
+    assert shift < 0.02  # as confident
     assert abs((per_fold.argmax(2) == y_test).mean() - (oof.argmax(1) == y).mean()) < 0.03  # as accurate
     assert np.allclose(test, per_fold.mean(0), atol=1e-6)
     _, from_mean, _ = cross_fit(probs, [T.mean(0) for T in tests], y, folds, has, c, params)
-    assert abs(from_mean.max(1).mean() - oof.max(1).mean()) > shift + 0.01              # the fold mean: shifted
-    assert (test.argmax(1) == y_test).mean() >= (oof.argmax(1) == y).mean() - 0.02    # OOF predicts test
+    assert abs(from_mean.max(1).mean() - oof.max(1).mean()) > shift + 0.01  # the fold mean: shifted
+    assert (test.argmax(1) == y_test).mean() >= (oof.argmax(1) == y).mean() - 0.02  # OOF predicts test
 
 
 def test_group_evidence_of_a_test_row_is_counted_like_a_training_rows(monkeypatch):
@@ -323,23 +331,24 @@ def test_group_evidence_of_a_test_row_is_counted_like_a_training_rows(monkeypatc
     from smart_product import stack
 
     probs, y, folds, c = _synthetic_heads(n=1500, seed=4)
-    shop = np.random.default_rng(1).integers(0, 20, len(y))                  # ~75 rows a shop
+    shop = np.random.default_rng(1).integers(0, 20, len(y))  # ~75 rows a shop
     seen = {"fit": [], "predict": []}
     phase = ["fit"]
     real = stack.GroupPrior.features
 
     def spy(self, codes, cand, row_folds=None):
         out = real(self, codes, cand, row_folds)
-        seen[phase[0]].append(np.expm1(out[1][:, 0]))                         # n_g per row
+        seen[phase[0]].append(np.expm1(out[1][:, 0]))  # n_g per row
         return out
 
     monkeypatch.setattr(stack.GroupPrior, "features", spy)
-    st = stack.Stacker(top=10, hidden=0, max_steps=50, groups=["shop"]).fit(probs, y, c, rows=folds != 0,
-                                                                         groups=shop[:, None], folds=folds)
+    st = stack.Stacker(top=10, hidden=0, max_steps=50, groups=["shop"]).fit(
+        probs, y, c, rows=folds != 0, groups=shop[:, None], folds=folds
+    )
     phase[0] = "predict"
     st.predict_proba(probs, rows=folds == 0, groups=shop[:, None])
-    assert len(seen["predict"]) == 4                                        # one pass a left-out fold
+    assert len(seen["predict"]) == 4  # one pass a left-out fold
     n_fit, n_pred = np.concatenate(seen["fit"]).mean(), np.concatenate(seen["predict"]).mean()
     assert abs(n_pred / n_fit - 1) < 0.05, (n_fit, n_pred)
     all_folds = real(st.group_priors[0], shop[folds == 0], np.zeros(((folds == 0).sum(), 10), np.int64))[1]
-    assert np.expm1(all_folds[:, 0]).mean() / n_fit > 1.25                  # all training rows: a third more
+    assert np.expm1(all_folds[:, 0]).mean() / n_fit > 1.25  # all training rows: a third more

@@ -12,6 +12,7 @@ Rows, each with OOF and test weighted F1 (test only where DATA/solution.csv exis
 - logit adjustment tau = 0.5 and 1 on the best head (post hoc, each fold's own class prior).
 Writes {out_dir}/bench/ablation.json and ablation.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,10 +67,15 @@ def run_ablation(cfg: dict) -> list[dict]:
         y_test = s.reindex(ref["test_ids"]).to_numpy()
 
     def row(label, oof, test, heads, extra_s=0.0):
-        res = {"variant": label, "heads": heads, "oof_weighted_f1": round(scores(y[has], oof[has].argmax(1))["weighted_f1"], 4),
-               "test_weighted_f1": None if y_test is None else
-               round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
-               "seconds": round(sum(runs[h]["metrics"].get("seconds") or 0 for h in heads) + extra_s, 1)}
+        res = {
+            "variant": label,
+            "heads": heads,
+            "oof_weighted_f1": round(scores(y[has], oof[has].argmax(1))["weighted_f1"], 4),
+            "test_weighted_f1": None
+            if y_test is None
+            else round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
+            "seconds": round(sum(runs[h]["metrics"].get("seconds") or 0 for h in heads) + extra_s, 1),
+        }
         log.info("ablation: %-48s OOF %.4f  test %s", label, res["oof_weighted_f1"], res["test_weighted_f1"])
         return res
 
@@ -89,8 +95,13 @@ def run_ablation(cfg: dict) -> list[dict]:
         pairs = [_uncalibrated(runs[h], folds) if raw else (runs[h]["oof"], runs[h]["test"]) for h in heads]
         idx = subsample(has, max_rows, seed)
         w = search_weights([p[idx] for p, _ in pairs], y[idx], trials, False, "logloss", seed)
-        return row(label, combine([p for p, _ in pairs], w["weights"]), combine([t for _, t in pairs], w["weights"]),
-                   heads, time.time() - t0)
+        return row(
+            label,
+            combine([p for p, _ in pairs], w["weights"]),
+            combine([t for _, t in pairs], w["weights"]),
+            heads,
+            time.time() - t0,
+        )
 
     extras = []  # the row meta-features, read once (a JSON parse of both splits)
 
@@ -104,8 +115,19 @@ def run_ablation(cfg: dict) -> list[dict]:
         extra, extra_test, g, g_test = extras
         if not groups:
             g = g_test = None
-        oof, test, _ = cross_fit([runs[h]["oof"] for h in heads], [runs[h]["test_folds"] for h in heads], y, folds, has,
-                                 len(classes), params, extra, extra_test, g, g_test)
+        oof, test, _ = cross_fit(
+            [runs[h]["oof"] for h in heads],
+            [runs[h]["test_folds"] for h in heads],
+            y,
+            folds,
+            has,
+            len(classes),
+            params,
+            extra,
+            extra_test,
+            g,
+            g_test,
+        )
         return row(label, np.nan_to_num(oof), test, heads, time.time() - t0)
 
     if len(base) > 1:
@@ -119,8 +141,13 @@ def run_ablation(cfg: dict) -> list[dict]:
     if bcfg.get("stack", {}) is not False and len(names) > 1:
         rows.append(stack("stacker over every head", names))
         if (bcfg.get("stack") or {}).get("groups"):
-            rows.append(stack("  ... without the group evidence (" + ", ".join(map(str, bcfg["stack"]["groups"])) + ")",
-                              names, groups=False))
+            rows.append(
+                stack(
+                    "  ... without the group evidence (" + ", ".join(map(str, bcfg["stack"]["groups"])) + ")",
+                    names,
+                    groups=False,
+                )
+            )
         if knn and len(base + pseudo) > 1:
             rows.append(stack("  ... without the kNN heads", base + pseudo))
         if pseudo and len(base + knn) > 1:
@@ -132,21 +159,34 @@ def run_ablation(cfg: dict) -> list[dict]:
     for tau in (0.5, 1.0):
         oof = runs[best]["oof"].copy()
         oof[has] = fold_adjusted(oof, folds, priors, tau, has)
-        rows.append(row(f"best head, logit adjustment tau={tau}", oof,
-                        logit_adjusted(runs[best]["test"], class_prior(y, len(classes)), tau), [best]))
+        rows.append(
+            row(
+                f"best head, logit adjustment tau={tau}",
+                oof,
+                logit_adjusted(runs[best]["test"], class_prior(y, len(classes)), tau),
+                [best],
+            )
+        )
     blend_dir = Path(out_dir) / "oof" / bcfg.get("name", "blend")
     if (blend_dir / "oof.npy").is_file():
         b = load_oof(out_dir, bcfg.get("name", "blend"))
-        r = row(f"the blend stage's choice ({b['metrics'].get('chosen')})", np.nan_to_num(b["oof"]), b["test"], names,
-                b["metrics"].get("seconds") or 0)
+        r = row(
+            f"the blend stage's choice ({b['metrics'].get('chosen')})",
+            np.nan_to_num(b["oof"]),
+            b["test"],
+            names,
+            b["metrics"].get("seconds") or 0,
+        )
         rows.append(r)
     out = Path(out_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))
     lines = ["| variant | OOF weighted F1 | test weighted F1 | seconds (heads + procedure) |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['oof_weighted_f1']:.4f} | "
-              f"{'-' if r['test_weighted_f1'] is None else format(r['test_weighted_f1'], '.4f')} | {r['seconds']} |"
-              for r in rows]
+    lines += [
+        f"| {r['variant']} | {r['oof_weighted_f1']:.4f} | "
+        f"{'-' if r['test_weighted_f1'] is None else format(r['test_weighted_f1'], '.4f')} | {r['seconds']} |"
+        for r in rows
+    ]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(["ablation (from the OOF files; no head refit):"] + lines))
     log.info("ablation in %.0fs", time.time() - t_all)

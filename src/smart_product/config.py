@@ -4,6 +4,7 @@ A config may name a `base:` file whose values it overrides (deep merge), so `gpu
 says what differs from `cpu.yaml`. Command-line overrides are `key.sub=value` strings parsed as
 YAML scalars (`folds.k=10`, `data_dir=../data`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,8 +62,9 @@ def apply_override(cfg: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data_dir: str | None = None) -> dict:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, data_dir: str | None = None
+) -> dict:
     """Read a config file, apply `key=value` overrides and the data directory (DATA=...)."""
     path = Path(path) if path else DEFAULT_CONFIG
     cfg = _read_yaml(path)

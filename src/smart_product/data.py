@@ -16,6 +16,7 @@ Layout (the KazanExpress 2023 task; see README):
 Problems with the data raise `DataError` whose message has one line per problem naming the
 file, column and product id. Image problems are not fatal: see `check_images`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,7 @@ ID = "product_id"
 # column -> (kind, required in train, required in test); kinds are checked by `_check_dtypes`
 COLUMNS = {
     ID: ("int", True, True),
-    TARGET: ("label", True, False),    # int ids, or str (classes named as the catalogue names them)
+    TARGET: ("label", True, False),  # int ids, or str (classes named as the catalogue names them)
     "shop_id": ("int", True, True),
     "shop_title": ("str", True, True),
     "rating": ("float", True, True),
@@ -77,9 +78,28 @@ class _Problems:
 
 # ---------------------------------------------------------------- text cleaning
 
+
 class _TextExtractor(HTMLParser):
-    BLOCK = {"p", "br", "div", "li", "ul", "ol", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5",
-             "h6", "table", "section", "article"}
+    BLOCK = {
+        "p",
+        "br",
+        "div",
+        "li",
+        "ul",
+        "ol",
+        "tr",
+        "td",
+        "th",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "table",
+        "section",
+        "article",
+    }
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -119,6 +139,7 @@ def clean_text(raw: str | None) -> str:
 
 
 # ---------------------------------------------------------------- text_fields JSON
+
 
 def _str_list(value, where: str) -> list[str]:
     """A list of strings (numbers are accepted and written as text); None -> []."""
@@ -166,6 +187,7 @@ def parse_text_fields(raw: str) -> dict:
 
 # ---------------------------------------------------------------- validation
 
+
 def _is_kind(series: pd.Series, kind: str) -> bool:
     dtype = series.dtype
     if kind == "int":
@@ -180,7 +202,8 @@ def _is_kind(series: pd.Series, kind: str) -> bool:
         return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
     if kind == "label":  # int, or text: every value a str
         return pd.api.types.is_integer_dtype(dtype) or (
-            _is_kind(series, "str") and series.dropna().map(lambda v: isinstance(v, str)).all())
+            _is_kind(series, "str") and series.dropna().map(lambda v: isinstance(v, str)).all()
+        )
     raise ValueError(kind)
 
 
@@ -198,8 +221,11 @@ def read_labels(path, classes=None) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={TARGET: str})
     if TARGET in df.columns:
         v = df[TARGET]
-        as_int = (np.asarray(classes).dtype.kind in "iu" if classes is not None
-                  else bool(v.dropna().str.fullmatch(r"-?\d+").all()))
+        as_int = (
+            np.asarray(classes).dtype.kind in "iu"
+            if classes is not None
+            else bool(v.dropna().str.fullmatch(r"-?\d+").all())
+        )
         df[TARGET] = label_array(v.astype("int64")) if as_int and v.notna().all() else v
     return df
 
@@ -258,12 +284,13 @@ def _parse_all(df: pd.DataFrame, path: Path, problems: _Problems) -> pd.DataFram
         try:
             rows.append(parse_text_fields(raw))
         except json.JSONDecodeError as exc:
-            problems.add("text_fields not JSON",
-                         f"{path}: column 'text_fields': product_id={pid}: not valid JSON ({exc.msg} at char {exc.pos})")
+            problems.add(
+                "text_fields not JSON",
+                f"{path}: column 'text_fields': product_id={pid}: not valid JSON ({exc.msg} at char {exc.pos})",
+            )
             ok = False
         except (TypeError, ValueError) as exc:
-            problems.add("text_fields bad structure",
-                         f"{path}: column 'text_fields': product_id={pid}: {exc}")
+            problems.add("text_fields bad structure", f"{path}: column 'text_fields': product_id={pid}: {exc}")
             ok = False
     return pd.DataFrame(rows, index=df.index) if ok else pd.DataFrame()
 
@@ -284,13 +311,15 @@ def load_split(data_dir: str | Path, split: str, parse_text: bool = True) -> pd.
     if df is not None and _check_frame(df, path, split, problems):
         parsed = _parse_all(df, path, problems) if parse_text else None
     problems.raise_if_any()
-    out = pd.DataFrame({
-        ID: df[ID].astype("int64").to_numpy(),
-        "shop_id": df["shop_id"].astype("int64").to_numpy(),
-        "shop_title": df["shop_title"].fillna("").astype(str).map(clean_text).to_numpy(),
-        "rating": df["rating"].astype("float64").to_numpy(),
-        "sale": df["sale"].astype(bool).to_numpy(),
-    })
+    out = pd.DataFrame(
+        {
+            ID: df[ID].astype("int64").to_numpy(),
+            "shop_id": df["shop_id"].astype("int64").to_numpy(),
+            "shop_title": df["shop_title"].fillna("").astype(str).map(clean_text).to_numpy(),
+            "rating": df["rating"].astype("float64").to_numpy(),
+            "sale": df["sale"].astype(bool).to_numpy(),
+        }
+    )
     if split == "train":
         out.insert(1, TARGET, label_array(df[TARGET]))
         if "category_name" in df.columns:
@@ -313,15 +342,19 @@ def load_data(data_dir: str | Path, parse_text: bool = True) -> tuple[pd.DataFra
     if len(both):
         problems = _Problems()
         for pid in both:
-            problems.add("id in train and test",
-                         f"{Path(data_dir) / 'test.parquet'}: column '{ID}': product_id={pid}: also in train.parquet")
+            problems.add(
+                "id in train and test",
+                f"{Path(data_dir) / 'test.parquet'}: column '{ID}': product_id={pid}: also in train.parquet",
+            )
         problems.raise_if_any()
-    log.info("loaded %s: train %d rows, %d classes; test %d rows", data_dir, len(train),
-             train[TARGET].nunique(), len(test))
+    log.info(
+        "loaded %s: train %d rows, %d classes; test %d rows", data_dir, len(train), train[TARGET].nunique(), len(test)
+    )
     return train, test
 
 
 # ---------------------------------------------------------------- images
+
 
 def _image_status(path: str | None, deep: bool) -> str:
     from PIL import Image  # imported here: most stages never open images
@@ -347,8 +380,7 @@ def check_images(frame: pd.DataFrame, deep: bool = False, workers: int = 8) -> p
     """
     with ThreadPoolExecutor(workers) as pool:
         status = list(pool.map(lambda p: _image_status(p, deep), frame["image_path"]))
-    return pd.DataFrame({ID: frame[ID].to_numpy(), "image_path": frame["image_path"].to_numpy(),
-                         "status": status})
+    return pd.DataFrame({ID: frame[ID].to_numpy(), "image_path": frame["image_path"].to_numpy(), "status": status})
 
 
 def apply_image_status(frame: pd.DataFrame, status: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -359,8 +391,13 @@ def apply_image_status(frame: pd.DataFrame, status: pd.DataFrame, split: str) ->
     frame.loc[bad, "image_path"] = None
     counts = status["status"].value_counts().to_dict()
     if bad.any():
-        log.warning("%s images: %d missing, %d corrupt of %d; those rows get has_image=False",
-                    split, counts.get("missing", 0), counts.get("corrupt", 0), len(frame))
+        log.warning(
+            "%s images: %d missing, %d corrupt of %d; those rows get has_image=False",
+            split,
+            counts.get("missing", 0),
+            counts.get("corrupt", 0),
+            len(frame),
+        )
     return frame
 
 

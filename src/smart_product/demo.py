@@ -13,6 +13,7 @@ shade). The test split is drawn by product, so each product's variants are all i
 test: plain folds would validate rows whose sibling variants they trained on, and overstate the
 test score; the folds stage's `auto` policy must notice and group (src/smart_product/folds.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,22 +50,32 @@ FAMILIES = [
     ("Зарядки", ["Зарядное устройство", "Кабель USB Type-C"], ["быстрая зарядка", "20 Вт", "1 м"]),
 ]
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "ring", "cross", "hexagon", "bar", "ellipse"]
-COLOURS = [("красный", (205, 40, 40)), ("синий", (40, 70, 200)), ("зелёный", (40, 160, 60)),
-           ("жёлтый", (225, 200, 30)), ("чёрный", (30, 30, 30)), ("розовый", (230, 120, 180))]
+COLOURS = [
+    ("красный", (205, 40, 40)),
+    ("синий", (40, 70, 200)),
+    ("зелёный", (40, 160, 60)),
+    ("жёлтый", (225, 200, 30)),
+    ("чёрный", (30, 30, 30)),
+    ("розовый", (230, 120, 180)),
+]
 TEXTURES = ["plain", "stripes", "dots"]
 SHOP_A = ["Уютный", "Солнечный", "Быстрый", "Добрый", "Новый", "Большой", "Весёлый", "Северный"]
 SHOP_B = ["Дом", "Маркет", "Склад", "Мир", "Стиль"]
 GENERIC = ["Товар для дома", "Хит продаж", "Новинка", "Подарок", "Выгодный набор"]
-FILLER = ["Отличное качество.", "Быстрая доставка по России.", "Подходит для подарка.",
-          "Гарантия 12 месяцев.", "Производство: Россия.", "Товар сертифицирован."]
+FILLER = [
+    "Отличное качество.",
+    "Быстрая доставка по России.",
+    "Подходит для подарка.",
+    "Гарантия 12 месяцев.",
+    "Производство: Россия.",
+    "Товар сертифицирован.",
+]
 BRANDS = ["Ромашка", "Технолайн", "Уралочка", "Домовёнок", "Северянка", "Байкал", "Волна"]
 
-SYLLABLES = ["ар", "го", "ве", "га", "ли", "ра", "мо", "ни", "ка", "то", "зе", "ну", "ри", "са",
-             "до", "бе", "лу", "ма"]
-SIZES = ["размер S", "размер M", "размер L", "размер XL", "42", "44", "46", "набор 2 шт", "набор 3 шт",
-         "мини", "макси"]
-P_VARIANTS = 0.3           # share of products listed as several variants ...
-N_VARIANTS = (2, 4)        # ... between these many (inclusive)
+SYLLABLES = ["ар", "го", "ве", "га", "ли", "ра", "мо", "ни", "ка", "то", "зе", "ну", "ри", "са", "до", "бе", "лу", "ма"]
+SIZES = ["размер S", "размер M", "размер L", "размер XL", "42", "44", "46", "набор 2 шт", "набор 3 шт", "мини", "макси"]
+P_VARIANTS = 0.3  # share of products listed as several variants ...
+N_VARIANTS = (2, 4)  # ... between these many (inclusive)
 
 N_CLASSES = 60
 N_SINGLETONS = 5
@@ -83,18 +94,27 @@ def _class_sizes(n_train: int) -> np.ndarray:
 
 def _image_params(rng, shape: str, rgb, texture: str, size: int = 96) -> dict:
     """Everything random about one product's photo except its pixel noise."""
-    return {"shape": shape, "texture": texture, "size": size,
-            "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
-            "col": tuple(int(np.clip(c + rng.normal(0, 22), 0, 255)) for c in rgb),
-            "r": size * rng.uniform(0.22, 0.34), "cx": size / 2 + rng.uniform(-10, 10),
-            "cy": size / 2 + rng.uniform(-10, 10), "rot": rng.uniform(0, 2 * math.pi),
-            "blur": rng.uniform(0, 1.2)}
+    return {
+        "shape": shape,
+        "texture": texture,
+        "size": size,
+        "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
+        "col": tuple(int(np.clip(c + rng.normal(0, 22), 0, 255)) for c in rgb),
+        "r": size * rng.uniform(0.22, 0.34),
+        "cx": size / 2 + rng.uniform(-10, 10),
+        "cy": size / 2 + rng.uniform(-10, 10),
+        "rot": rng.uniform(0, 2 * math.pi),
+        "blur": rng.uniform(0, 1.2),
+    }
 
 
 def _recolour(rng, params: dict) -> dict:
     """A variant's photo: the same shot with another background and a shade of the same colour."""
-    return {**params, "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
-            "col": tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in params["col"])}
+    return {
+        **params,
+        "bg": tuple(int(v) for v in rng.integers(200, 250, 3)),
+        "col": tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in params["col"]),
+    }
 
 
 def _draw_image(rng, params: dict):
@@ -106,8 +126,13 @@ def _draw_image(rng, params: dict):
     d = ImageDraw.Draw(img)
 
     def poly(n, radius, phase=0.0):
-        return [(cx + radius * math.cos(phase + rot + 2 * math.pi * i / n),
-                 cy + radius * math.sin(phase + rot + 2 * math.pi * i / n)) for i in range(n)]
+        return [
+            (
+                cx + radius * math.cos(phase + rot + 2 * math.pi * i / n),
+                cy + radius * math.sin(phase + rot + 2 * math.pi * i / n),
+            )
+            for i in range(n)
+        ]
 
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
@@ -161,7 +186,7 @@ def _product(rng, fam: int, colour: int, shops: list, fam_shops: dict) -> dict:
     brand = BRANDS[rng.integers(len(BRANDS))]
     model = _model_name(rng)
     say_colour = rng.random() < 0.4  # the colour is named in the text only sometimes
-    generic = rng.random() < 0.12   # some titles say nothing about the product
+    generic = rng.random() < 0.12  # some titles say nothing about the product
     title = GENERIC[rng.integers(len(GENERIC))] if generic else noun
     title += f" {brand} {model}" + (f" {colour_name}" if say_colour and rng.random() < 0.5 else "")
     sentences = [f"{noun if rng.random() < 0.6 else 'Товар'} &laquo;{brand}&raquo; {model}."]
@@ -170,30 +195,38 @@ def _product(rng, fam: int, colour: int, shops: list, fam_shops: dict) -> dict:
     if say_colour:
         sentences.append(f"Цвет: {colour_name}.")
     sentences.append(f"Артикул {int(rng.integers(10_000, 99_999))}.")
-    description = "<p>" + "&nbsp;".join(sentences[:2]) + "</p><ul>" + "".join(
-        f"<li>{s}</li>" for s in sentences[2:]) + "</ul>"
+    description = (
+        "<p>" + "&nbsp;".join(sentences[:2]) + "</p><ul>" + "".join(f"<li>{s}</li>" for s in sentences[2:]) + "</ul>"
+    )
     if rng.random() < 0.04:
         description = ""
     custom = {"Цвет": [colour_name]} if say_colour and rng.random() < 0.5 else {}
     defined = {"Бренд": [brand]} if rng.random() < 0.7 else {}
     filters = {"Категория": [name.lower()]} if rng.random() < 0.3 else {}
     attributes = list(rng.permutation(words)[: rng.integers(0, 3)])
-    shop = (fam_shops[fam][rng.integers(len(fam_shops[fam]))] if rng.random() < 0.7
-            else int(rng.integers(len(shops))))
+    shop = fam_shops[fam][rng.integers(len(fam_shops[fam]))] if rng.random() < 0.7 else int(rng.integers(len(shops)))
     return {
         "shop_id": 1000 + shop,
         "shop_title": shops[shop],
         "rating": float(np.round(rng.uniform(3.5, 5.0), 2)) if rng.random() < 0.7 else float("nan"),
         "sale": bool(rng.random() < 0.2),
-        "text_fields": json.dumps({
-            "title": title, "description": description, "attributes": attributes,
-            "custom_characteristics": custom, "defined_characteristics": defined,
-            "filters": filters}, ensure_ascii=False),
+        "text_fields": json.dumps(
+            {
+                "title": title,
+                "description": description,
+                "attributes": attributes,
+                "custom_characteristics": custom,
+                "defined_characteristics": defined,
+                "filters": filters,
+            },
+            ensure_ascii=False,
+        ),
     }
 
 
-def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
-                   test_frac: float = 1.0, image_size: int = 96) -> Path:
+def make_demo_data(
+    out_dir: str | Path, seed: int = 0, n_train: int = 2000, test_frac: float = 1.0, image_size: int = 96
+) -> Path:
     """Write train/test parquet, images and solution.csv under out_dir; returns out_dir."""
     from tqdm import tqdm
 
@@ -214,13 +247,21 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
     # is all in train or all in test (the split is by product)
     products = []
     for (fam, colour), cid, n in zip(classes, cat_ids, sizes):
-        n_test = int(round(n * test_frac)) if n >= 2 else 0   # singleton classes stay in train
+        n_test = int(round(n * test_frac)) if n >= 2 else 0  # singleton classes stay in train
         for split, left in (("train", n), ("test", n_test)):
             while left > 0:
                 k = int(rng.integers(N_VARIANTS[0], N_VARIANTS[1] + 1)) if (n > 1 and rng.random() < P_VARIANTS) else 1
                 k = min(k, left)
-                products.append({"split": split, "category_id": int(cid), "fam": fam, "colour": colour,
-                                 "variants": k, "category_name": f"{FAMILIES[fam][0]}/{COLOURS[colour][0]}"})
+                products.append(
+                    {
+                        "split": split,
+                        "category_id": int(cid),
+                        "fam": fam,
+                        "colour": colour,
+                        "variants": k,
+                        "category_name": f"{FAMILIES[fam][0]}/{COLOURS[colour][0]}",
+                    }
+                )
                 left -= k
     products = [products[i] for i in rng.permutation(len(products))]
     n_rows = sum(p["variants"] for p in products)
@@ -229,8 +270,9 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
     records = []
     for g, prod in enumerate(tqdm(products, desc="demo products", mininterval=1)):
         base = _product(rng, prod["fam"], prod["colour"], shops, fam_shops)
-        params = _image_params(rng, SHAPES[prod["fam"] // 2], COLOURS[prod["colour"]][1],
-                               TEXTURES[rng.integers(len(TEXTURES))], image_size)
+        params = _image_params(
+            rng, SHAPES[prod["fam"] // 2], COLOURS[prod["colour"]][1], TEXTURES[rng.integers(len(TEXTURES))], image_size
+        )
         sizes_v = rng.permutation(SIZES)[: prod["variants"]]
         for v in range(prod["variants"]):
             rec = dict(base)
@@ -239,8 +281,12 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
                 fields["title"] = f"{fields['title']} {sizes_v[v]}"
                 rec["text_fields"] = json.dumps(fields, ensure_ascii=False)
                 rec["sale"] = bool(rng.random() < 0.2)
-            row = {"product_id": int(next(pids)), "product_group": g, **{k: prod[k] for k in (
-                "split", "category_id", "category_name", "fam", "colour")}, **rec}
+            row = {
+                "product_id": int(next(pids)),
+                "product_group": g,
+                **{k: prod[k] for k in ("split", "category_id", "category_name", "fam", "colour")},
+                **rec,
+            }
             img = _draw_image(rng, params if v == 0 else _recolour(rng, params))
             img.save(out / "images" / row["split"] / f"{row['product_id']}.jpg", quality=90)
             records.append(row)
@@ -256,17 +302,23 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000,
     test_missing = df.loc[df.split == "test", "product_id"].iloc[0]
     (out / "images" / "test" / f"{test_missing}.jpg").unlink()
 
-    cols = ["product_id", "category_id", "category_name", "sale", "shop_id", "shop_title", "rating",
-            "text_fields"]
+    cols = ["product_id", "category_id", "category_name", "sale", "shop_id", "shop_title", "rating", "text_fields"]
     train = df[df.split == "train"][cols].reset_index(drop=True)
     test = df[df.split == "test"]
-    test[[c for c in cols if c not in ("category_id", "category_name")]].reset_index(drop=True) \
-        .to_parquet(out / "test.parquet", index=False)
+    test[[c for c in cols if c not in ("category_id", "category_name")]].reset_index(drop=True).to_parquet(
+        out / "test.parquet", index=False
+    )
     train.to_parquet(out / "train.parquet", index=False)
     test[["product_id", "category_id"]].to_csv(out / "solution.csv", index=False)
     multi = df.groupby("product_group")["product_id"].transform("size") > 1
-    log.info("demo data: %d train / %d test listings, %d classes (%d singletons); %.0f%% of listings "
-             "are variants of a product (kept on one side of the split) -> %s", len(train), len(test),
-             train.category_id.nunique(), int((train.category_id.value_counts() == 1).sum()),
-             100 * multi.mean(), out)
+    log.info(
+        "demo data: %d train / %d test listings, %d classes (%d singletons); %.0f%% of listings "
+        "are variants of a product (kept on one side of the split) -> %s",
+        len(train),
+        len(test),
+        train.category_id.nunique(),
+        int((train.category_id.value_counts() == 1).sum()),
+        100 * multi.mean(),
+        out,
+    )
     return out

@@ -21,6 +21,7 @@ The audit (`audit`) compares how often a row has a near-duplicate on the other s
 p_test, the share of test rows with a near-duplicate (a row of their cluster) in train, against
 p_oof, the share of validation rows with one in their training folds, under plain and grouped folds.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,16 +41,16 @@ from .data import ID, fingerprint
 log = logging.getLogger(__name__)
 
 DEFAULTS = {
-    "title_threshold": 0.8,        # cosine of char 2-4-gram TF-IDF over normalised titles
+    "title_threshold": 0.8,  # cosine of char 2-4-gram TF-IDF over normalised titles
     "description_threshold": 0.8,  # checked only where both rows have a description
-    "candidate_threshold": 0.5,    # word TF-IDF cosine (common words dropped) to be checked at all
-    "candidate_max_df": 0.005,     # words in more than this share of rows do not make candidates
-    "top_n": 50,                   # candidates kept per row (clusters still chain through them)
-    "image_hamming": 2,            # max differing bits of the 64-bit pHash; null = no image edges
+    "candidate_threshold": 0.5,  # word TF-IDF cosine (common words dropped) to be checked at all
+    "candidate_max_df": 0.005,  # words in more than this share of rows do not make candidates
+    "top_n": 50,  # candidates kept per row (clusters still chain through them)
+    "image_hamming": 2,  # max differing bits of the 64-bit pHash; null = no image edges
     "image_title_threshold": 0.7,  # ... and the titles' cosine: white-background shots of two
-                                   # different shoes can share a pHash (fashion: edge purity 0.72
-                                   # without this check, 0.97 with it)
-    "max_hash_rows": 20,           # a hash shared by more rows is a placeholder picture
+    # different shoes can share a pHash (fashion: edge purity 0.72
+    # without this check, 0.97 with it)
+    "max_hash_rows": 20,  # a hash shared by more rows is a placeholder picture
 }
 _NORM = re.compile(r"[^\w]+")
 
@@ -63,8 +64,15 @@ def _tfidf(texts: list[str], analyzer: str = "char_wb", ngram_range=(2, 4), max_
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     extra = {"token_pattern": r"(?u)\b\w+\b"} if analyzer == "word" else {}
-    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True, min_df=1,
-                          max_df=max_df, dtype=np.float32, **extra)
+    vec = TfidfVectorizer(
+        analyzer=analyzer,
+        ngram_range=ngram_range,
+        sublinear_tf=True,
+        min_df=1,
+        max_df=max_df,
+        dtype=np.float32,
+        **extra,
+    )
     try:
         return vec.fit_transform(texts).tocsr()
     except ValueError:  # every term pruned (tiny or uniform data): nothing in common to find
@@ -74,7 +82,7 @@ def _tfidf(texts: list[str], analyzer: str = "char_wb", ngram_range=(2, 4), max_
 def _row_cosine(X: sp.csr_matrix, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     out = np.empty(len(i), np.float32)
     for s in range(0, len(i), 200_000):
-        out[s:s + 200_000] = np.asarray(X[i[s:s + 200_000]].multiply(X[j[s:s + 200_000]]).sum(axis=1)).ravel()
+        out[s : s + 200_000] = np.asarray(X[i[s : s + 200_000]].multiply(X[j[s : s + 200_000]]).sum(axis=1)).ravel()
     return out
 
 
@@ -97,7 +105,7 @@ def text_edges(titles: list[str], descriptions: list[str], cfg: dict):
     pairs = []
     # 1. exact duplicates of the text
     codes = pd.factorize(pd.Series([t + "\x00" + d for t, d in zip(titles, descs)]))[0]
-    first = np.unique(codes, return_index=True)[1][codes]   # each row's first row with the same text
+    first = np.unique(codes, return_index=True)[1][codes]  # each row's first row with the same text
     dup = (first != np.arange(n)) & has_title
     pairs.append(np.stack([first[dup], np.flatnonzero(dup)], 1))
     # 2. candidates from the rarer words
@@ -105,8 +113,13 @@ def text_edges(titles: list[str], descriptions: list[str], cfg: dict):
     if len(rows) > 1:
         max_df = max(50, int(float(cfg["candidate_max_df"]) * n))
         W = _tfidf([titles[r] for r in rows], "word", (1, 2), max_df=max_df)
-        S = sp_matmul_topn(W, W.T, top_n=int(cfg["top_n"]), threshold=float(cfg["candidate_threshold"]),
-                           n_threads=n_cpus() if n_cpus() > 1 else None).tocoo()
+        S = sp_matmul_topn(
+            W,
+            W.T,
+            top_n=int(cfg["top_n"]),
+            threshold=float(cfg["candidate_threshold"]),
+            n_threads=n_cpus() if n_cpus() > 1 else None,
+        ).tocoo()
         keep = S.row < S.col
         pairs.append(np.stack([rows[S.row[keep]], rows[S.col[keep]]], 1))
     cand = np.unique(np.concatenate(pairs).astype(np.int64), axis=0) if pairs else np.zeros((0, 2), np.int64)
@@ -140,8 +153,15 @@ def image_hashes(paths: list[str | None], workers: int = 8) -> np.ndarray:
     from tqdm import tqdm
 
     with ThreadPoolExecutor(workers) as pool:
-        hashes = list(tqdm(pool.map(_phash, paths, chunksize=64), total=len(paths),
-                           desc="image hashes", mininterval=2, disable=len(paths) < 2000))
+        hashes = list(
+            tqdm(
+                pool.map(_phash, paths, chunksize=64),
+                total=len(paths),
+                desc="image hashes",
+                mininterval=2,
+                disable=len(paths) < 2000,
+            )
+        )
     ok = np.array([h is not None for h in hashes])
     return np.array([h or 0 for h in hashes], dtype=np.uint64), ok
 
@@ -174,7 +194,7 @@ def image_edges(hashes: np.ndarray, ok: np.ndarray, cfg: dict) -> tuple[np.ndarr
         for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
             members = order[s:e]
             for c0 in range(0, len(members), 2048):  # bounded memory for a big bucket
-                block = members[c0:c0 + 2048]
+                block = members[c0 : c0 + 2048]
                 d = np.bitwise_count(h[block][:, None] ^ h[members][None, :])
                 a, c = np.nonzero(d <= max_d)
                 a, c = rows[block[a]], rows[members[c]]
@@ -211,26 +231,45 @@ def find_clusters(train: pd.DataFrame, test: pd.DataFrame, cfg: dict | None = No
             keep = _row_cosine(T, ii, ij) >= float(cfg["image_title_threshold"]) - 1e-6
             ii, ij = ii[keep], ij[keep]
         if placeholders:
-            log.info("dups: %d rows share a pHash with more than %d others (a placeholder picture): "
-                     "no image edges for them", placeholders, cfg["max_hash_rows"])
+            log.info(
+                "dups: %d rows share a pHash with more than %d others (a placeholder picture): no image edges for them",
+                placeholders,
+                cfg["max_hash_rows"],
+            )
     t_img = time.perf_counter() - t1
     cl = clusters_from_edges(n, np.r_[ti, ii], np.r_[tj, ij])
     sizes = np.bincount(cl)
     frame = pd.DataFrame({ID: both[ID].to_numpy(), "split": both["split"].to_numpy(), "cluster": cl})
-    stats = {"rows": n, "text_edges": int(len(ti)), "image_edges": int(len(ii)),
-             "placeholder_image_rows": placeholders,
-             "rows_in_clusters": int((sizes[cl] > 1).sum()), "clusters_2plus": int((sizes > 1).sum()),
-             "largest_cluster": int(sizes.max()) if n else 0,
-             "seconds_text": round(t_text, 1), "seconds_image": round(t_img, 1),
-             "seconds": round(time.perf_counter() - t0, 1)}
-    log.info("dups: %d rows, %d text + %d image edges -> %d rows in %d clusters of 2+ (largest %d) "
-             "in %.1f s (text %.1f s, images %.1f s)", n, stats["text_edges"], stats["image_edges"],
-             stats["rows_in_clusters"], stats["clusters_2plus"], stats["largest_cluster"],
-             stats["seconds"], t_text, t_img)
+    stats = {
+        "rows": n,
+        "text_edges": int(len(ti)),
+        "image_edges": int(len(ii)),
+        "placeholder_image_rows": placeholders,
+        "rows_in_clusters": int((sizes[cl] > 1).sum()),
+        "clusters_2plus": int((sizes > 1).sum()),
+        "largest_cluster": int(sizes.max()) if n else 0,
+        "seconds_text": round(t_text, 1),
+        "seconds_image": round(t_img, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    log.info(
+        "dups: %d rows, %d text + %d image edges -> %d rows in %d clusters of 2+ (largest %d) "
+        "in %.1f s (text %.1f s, images %.1f s)",
+        n,
+        stats["text_edges"],
+        stats["image_edges"],
+        stats["rows_in_clusters"],
+        stats["clusters_2plus"],
+        stats["largest_cluster"],
+        stats["seconds"],
+        t_text,
+        t_img,
+    )
     return frame, stats
 
 
 # ---------------------------------------------------------------- cache
+
 
 def dups_config(cfg: dict) -> dict | None:
     """folds.dups from the experiment config merged over DEFAULTS; None when switched off."""
@@ -271,6 +310,7 @@ def read_clusters(out_dir) -> pd.DataFrame | None:
 
 # ---------------------------------------------------------------- audit
 
+
 def has_dup_in_training(cluster: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """Per train row: it is validated and its cluster holds a train row of another fold (which is
     then in its training rows; fold -1 rows are in every fold's training rows)."""
@@ -301,6 +341,13 @@ def largest_clusters(frame: pd.DataFrame, titles: np.ndarray, top: int = 5, per:
     for c, n in sizes[sizes > 1].head(top).items():
         rows = np.flatnonzero(frame["cluster"].to_numpy() == c)
         split = frame["split"].to_numpy()[rows]
-        out.append({"cluster": int(c), "rows": int(n), "train": int((split == "train").sum()),
-                    "test": int((split == "test").sum()), "titles": [str(t)[:90] for t in titles[rows[:per]]]})
+        out.append(
+            {
+                "cluster": int(c),
+                "rows": int(n),
+                "train": int((split == "train").sum()),
+                "test": int((split == "test").sum()),
+                "titles": [str(t)[:90] for t in titles[rows[:per]]],
+            }
+        )
     return out

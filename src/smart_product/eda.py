@@ -5,6 +5,7 @@ lengths and empty-field rates per field, image sizes and broken images, how ofte
 titles carry different categories (a floor under a title model's error), and the near-duplicate
 audit (the clusters of folds/dups.parquet, found and cached here if the folds stage has not yet).
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,10 @@ def title_twins(train: pd.DataFrame) -> tuple[dict, np.ndarray]:
     title = train["title"].fillna("").map(normalise)
     title = title.where(title != "")
     y = train[TARGET].to_numpy()
-    out = {"twin": twin_majority(title.dropna(), y),
-           "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str)).dropna(), y)}
+    out = {
+        "twin": twin_majority(title.dropna(), y),
+        "shop_twin": twin_majority((title + "\x1f" + train["shop_id"].astype(str)).dropna(), y),
+    }
     res = {"rows": len(y)}
     for name, ok in out.items():
         has = ~np.isnan(ok)
@@ -78,10 +81,15 @@ def _twin_section(train: pd.DataFrame) -> list[str]:
         f"- {t['rows_with_a_twin']} train rows ({t['rows_with_a_twin'] / t['rows']:.1%}) share their title "
         f"(normalised: case, punctuation, spacing) with another train row; their twins' majority category "
         f"(leave one out) is theirs for **{t['twin_majority_accuracy']:.1%}** of them"
-        + (f" ({t['shop_twin_majority_accuracy']:.1%} of the {t['rows_with_a_shop_twin']} with a twin from the same "
-           f"shop)" if t["rows_with_a_shop_twin"] else ""),
+        + (
+            f" ({t['shop_twin_majority_accuracy']:.1%} of the {t['rows_with_a_shop_twin']} with a twin from the same "
+            f"shop)"
+            if t["rows_with_a_shop_twin"]
+            else ""
+        ),
         "- where identical titles disagree, a model that reads the title alone cannot be right for all of them: "
-        "a floor under its error on those rows (`python benchmarks/title_twins.py` compares a run's blend)"]
+        "a floor under its error on those rows (`python benchmarks/title_twins.py` compares a run's blend)",
+    ]
 
 
 def _dup_section(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, k: int) -> list[str]:
@@ -89,18 +97,24 @@ def _dup_section(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, k: int) -> 
     from .folds import assign_folds, audit_lines, choose_grouping, near_duplicate_audit
 
     fcfg = cfg.get("folds", {})
-    audit, _, _ = near_duplicate_audit(cfg, train, test, assign_folds(train[TARGET].to_numpy(), k,
-                                                                      int(fcfg.get("seed", 42))))
+    audit, _, _ = near_duplicate_audit(
+        cfg, train, test, assign_folds(train[TARGET].to_numpy(), k, int(fcfg.get("seed", 42)))
+    )
     if not audit:
         return ["", "## Near-duplicate listings", "", "- off (folds.dups: false)"]
     grouped, why = choose_grouping(audit, float(fcfg.get("auto_margin", 0.05)))
-    meta = {"policy": "grouped by near-duplicate cluster" if grouped else "plain stratified",
-            "group_col": "auto", "why": why, "dup_audit": audit}
+    meta = {
+        "policy": "grouped by near-duplicate cluster" if grouped else "plain stratified",
+        "group_col": "auto",
+        "why": why,
+        "dup_audit": audit,
+    }
     return ["", "## Near-duplicate listings (what `folds.group_col: auto` chooses)", ""] + audit_lines(meta)
 
 
 def run_eda(cfg: dict) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -112,34 +126,43 @@ def run_eda(cfg: dict) -> Path:
     k = int(cfg.get("folds", {}).get("k", 5))
 
     counts = train[TARGET].value_counts()
-    lines = [f"# EDA: {cfg['data_dir']}", "",
-             f"- train: {len(train)} products, {len(counts)} classes; test: {len(test)} products",
-             f"- class sizes: max {counts.max()}, median {int(counts.median())}, min {counts.min()}",
-             f"- singleton classes: {(counts == 1).sum()} (these rows get no OOF prediction)",
-             f"- classes with 2..{k - 1} rows (< K={k}): {((counts > 1) & (counts < k)).sum()}",
-             f"- classes with < 10 rows: {(counts < 10).sum()}, holding {counts[counts < 10].sum()} rows",
-             f"- shops: {both.shop_id.nunique()} ({train.shop_id.isin(test.shop_id).mean():.1%} of train "
-             f"rows from shops also in test)",
-             f"- rating missing: {both.rating.isna().mean():.1%}; sale: {both.sale.mean():.1%}", ""]
+    lines = [
+        f"# EDA: {cfg['data_dir']}",
+        "",
+        f"- train: {len(train)} products, {len(counts)} classes; test: {len(test)} products",
+        f"- class sizes: max {counts.max()}, median {int(counts.median())}, min {counts.min()}",
+        f"- singleton classes: {(counts == 1).sum()} (these rows get no OOF prediction)",
+        f"- classes with 2..{k - 1} rows (< K={k}): {((counts > 1) & (counts < k)).sum()}",
+        f"- classes with < 10 rows: {(counts < 10).sum()}, holding {counts[counts < 10].sum()} rows",
+        f"- shops: {both.shop_id.nunique()} ({train.shop_id.isin(test.shop_id).mean():.1%} of train "
+        f"rows from shops also in test)",
+        f"- rating missing: {both.rating.isna().mean():.1%}; sale: {both.sale.mean():.1%}",
+        "",
+    ]
 
     # text lengths and empty rates per field
     lens = pd.DataFrame({c: both[c].fillna("").str.len() for c in TEXT_COLUMNS})
     lines += ["## Text fields", "", "| field | empty | median chars | p95 chars |", "|---|---|---|---|"]
     for c in TEXT_COLUMNS:
-        lines.append(f"| {c} | {(lens[c] == 0).mean():.1%} | {int(lens[c].median())} | "
-                     f"{int(lens[c].quantile(0.95))} |")
+        lines.append(f"| {c} | {(lens[c] == 0).mean():.1%} | {int(lens[c].median())} | {int(lens[c].quantile(0.95))} |")
 
     # images: status and size
     status = pd.concat([check_images(train).assign(split="train"), check_images(test).assign(split="test")])
     broken = status[status.status != "ok"]
     with ThreadPoolExecutor(8) as pool:
         sizes = np.array(list(pool.map(_image_size, status.loc[status.status == "ok", "image_path"])))
-    lines += ["", "## Images", "",
-              f"- ok: {(status.status == 'ok').sum()}, missing: {(status.status == 'missing').sum()}, "
-              f"corrupt: {(status.status == 'corrupt').sum()} (listed in images_broken.csv)"]
+    lines += [
+        "",
+        "## Images",
+        "",
+        f"- ok: {(status.status == 'ok').sum()}, missing: {(status.status == 'missing').sum()}, "
+        f"corrupt: {(status.status == 'corrupt').sum()} (listed in images_broken.csv)",
+    ]
     if len(sizes):
-        lines.append(f"- width median {int(np.median(sizes[:, 0]))} (min {sizes[:, 0].min()}, max "
-                     f"{sizes[:, 0].max()}); height median {int(np.median(sizes[:, 1]))}")
+        lines.append(
+            f"- width median {int(np.median(sizes[:, 0]))} (min {sizes[:, 0].min()}, max "
+            f"{sizes[:, 0].max()}); height median {int(np.median(sizes[:, 1]))}"
+        )
     broken[[ID, "split", "status", "image_path"]].to_csv(out / "images_broken.csv", index=False)
     lines += _twin_section(train)
     lines += _dup_section(cfg, train, test, k)

@@ -29,6 +29,7 @@ Cache: each finished set (or fold) has a meta.json holding a key = hash(set conf
 fingerprint[, folds]); a rerun with the same key does nothing, a killed run redoes only the
 unfinished sets/folds. Row order: train_ids.npy / test_ids.npy beside the matrices.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -50,6 +51,7 @@ BACKBONE = ("image", "text")
 
 # ---------------------------------------------------------------- text views
 
+
 def _joined(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     out = frame[columns[0]].fillna("")
     for c in columns[1:]:
@@ -70,6 +72,7 @@ def text_view(frame: pd.DataFrame, view: str) -> list[str]:
 
 # ---------------------------------------------------------------- cheap sets
 
+
 def tabular(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     both = pd.concat([train, test], ignore_index=True)
     shop_freq = both["shop_id"].map(both["shop_id"].value_counts())
@@ -88,7 +91,7 @@ def tabular(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     for f in DICT_FIELDS:
         cols[f"n_keys_{f}"] = both[f"{f}_keys"].map(len)
     X = pd.DataFrame(cols).astype(np.float32)
-    return X.to_numpy()[: len(train)], X.to_numpy()[len(train):], list(X.columns)
+    return X.to_numpy()[: len(train)], X.to_numpy()[len(train) :], list(X.columns)
 
 
 # the default: one word + one char vectorizer over all text (the joint view)
@@ -116,11 +119,15 @@ def _stemmed(texts: list[str], language: str) -> list[str]:
     from nltk.stem.snowball import SnowballStemmer
 
     if language not in SnowballStemmer.languages:
-        raise DataError(f"config features: stem {language!r} is not a Snowball language "
-                        f"(one of {', '.join(SnowballStemmer.languages)})")
+        raise DataError(
+            f"config features: stem {language!r} is not a Snowball language "
+            f"(one of {', '.join(SnowballStemmer.languages)})"
+        )
     stem, cache, token = SnowballStemmer(language).stem, {}, re.compile(r"(?u)\b\w\w+\b")
-    return [" ".join(cache[w] if w in cache else cache.setdefault(w, stem(w)) for w in token.findall(text.lower()))
-            for text in texts]
+    return [
+        " ".join(cache[w] if w in cache else cache.setdefault(w, stem(w)) for w in token.findall(text.lower()))
+        for text in texts
+    ]
 
 
 def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
@@ -139,8 +146,10 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
 
     fields = opts.get("fields") or ALL_TEXT
     if not isinstance(fields, dict) or not all(isinstance(v, dict) or v is None for v in fields.values()):
-        raise DataError(f"config features.sets.{opts.get('name')}.fields: a mapping field -> "
-                        f"{{word: [1, 2], char: [2, 5], weight: 1.0}}, not {fields!r}")
+        raise DataError(
+            f"config features.sets.{opts.get('name')}.fields: a mapping field -> "
+            f"{{word: [1, 2], char: [2, 5], weight: 1.0}}, not {fields!r}"
+        )
     both = pd.concat([train, test], ignore_index=True)
     blocks = []
     for field, spec in fields.items():
@@ -148,17 +157,24 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
         spec = spec or {}
         unknown = set(spec) - {"word", "char", "weight", "max_features", "min_df", "stem"}
         if unknown or not ({"word", "char"} & set(spec)):
-            raise DataError(f"config features.sets.{opts.get('name')}.fields.{field}: needs word and/or char "
-                            f"n-gram ranges (unknown keys: {sorted(unknown)})")
+            raise DataError(
+                f"config features.sets.{opts.get('name')}.fields.{field}: needs word and/or char "
+                f"n-gram ranges (unknown keys: {sorted(unknown)})"
+            )
         # min_df: one value, or [word, char]
         min_df = spec.get("min_df", 2)
         min_df = min_df if isinstance(min_df, list) else [min_df, min_df]
         if len(min_df) != 2:
-            raise DataError(f"config features.sets.{opts.get('name')}.fields.{field}.min_df: one number or "
-                            f"[word, char], not {spec['min_df']!r}")
+            raise DataError(
+                f"config features.sets.{opts.get('name')}.fields.{field}.min_df: one number or "
+                f"[word, char], not {spec['min_df']!r}"
+            )
         min_df = dict(zip(("word", "char_wb"), min_df))
-        common = dict(sublinear_tf=True, dtype=np.float32,
-                      max_features=int(spec.get("max_features", opts.get("max_features", 200_000))))
+        common = dict(
+            sublinear_tf=True,
+            dtype=np.float32,
+            max_features=int(spec.get("max_features", opts.get("max_features", 200_000))),
+        )
         for analyzer, rng in (("word", spec.get("word")), ("char_wb", spec.get("char"))):
             if not rng:
                 continue
@@ -177,7 +193,7 @@ def _tfidf_matrix(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
 
 def tfidf_sparse(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     M = _tfidf_matrix(train, test, opts)
-    return M[: len(train)], M[len(train):], [f"tfidf{i}" for i in range(M.shape[1])]
+    return M[: len(train)], M[len(train) :], [f"tfidf{i}" for i in range(M.shape[1])]
 
 
 def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
@@ -186,7 +202,7 @@ def tfidf(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     M = _tfidf_matrix(train, test, opts)
     dim = min(int(opts.get("svd_dim", 256)), M.shape[1] - 1)
     Z = TruncatedSVD(dim, random_state=int(opts.get("seed", 0))).fit_transform(M).astype(np.float32)
-    return Z[: len(train)], Z[len(train):], [f"svd{i}" for i in range(dim)]
+    return Z[: len(train)], Z[len(train) :], [f"svd{i}" for i in range(dim)]
 
 
 _NAVEC = None
@@ -210,10 +226,11 @@ def navec(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     both = pd.concat([train, test], ignore_index=True)
     keys = both[[f"{f}_keys" for f in DICT_FIELDS]].apply(lambda r: " ".join(" ".join(v) for v in r), axis=1)
     values = both[[f"{f}_text" for f in DICT_FIELDS]].apply(
-        lambda r: " ".join(t.split(": ", 1)[-1] for v in r for t in v.split("; ") if t), axis=1)
+        lambda r: " ".join(t.split(": ", 1)[-1] for v in r for t in v.split("; ") if t), axis=1
+    )
     fields = {"shop_title": both["shop_title"], "title": both["title"], "dict_keys": keys, "dict_values": values}
     blocks, hits, total = [], 0, 0
-    for name, col in fields.items():
+    for col in fields.values():
         Z = np.zeros((len(both), nv.pq.dim), np.float32)
         for i, text in enumerate(col.fillna("").str.lower()):
             words = [w for w in tok.tokenize(text) if w.isalpha()]
@@ -225,7 +242,7 @@ def navec(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     log.info("navec: %.1f%% of %d words found in the vocabulary", 100 * hits / max(total, 1), total)
     Z = np.hstack(blocks)
     names = [f"{n}_{i}" for n in fields for i in range(nv.pq.dim)]
-    return Z[: len(train)], Z[len(train):], names
+    return Z[: len(train)], Z[len(train) :], names
 
 
 def listing(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
@@ -235,9 +252,11 @@ def listing(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     float32. Sellers list products in batches: on ozon 80% of a shop's id-adjacent pairs share a
     category, against 5% of its random pairs."""
     both = pd.concat([train, test], ignore_index=True)
-    if len(both) >= 2 ** 24:
-        raise DataError(f"features {opts.get('name', 'listing')}: {len(both)} rows; listing ranks are exact in float32 "
-                        f"below 2^24 rows")
+    if len(both) >= 2**24:
+        raise DataError(
+            f"features {opts.get('name', 'listing')}: {len(both)} rows; listing ranks are exact in float32 "
+            f"below 2^24 rows"
+        )
     by = opts.get("by", "shop_id")
     if by is not None and by not in both.columns:
         raise DataError(f"config features.sets.{opts.get('name', 'listing')}.by: no column {by!r} in the data")
@@ -247,13 +266,14 @@ def listing(train: pd.DataFrame, test: pd.DataFrame, opts: dict):
     rank = np.empty(len(both), np.int64)
     rank[np.argsort(both[ID].to_numpy(), kind="stable")] = np.arange(len(both))
     X = np.stack([shop, rank], 1).astype(np.float32)
-    return X[: len(train)], X[len(train):], ["shop_code", "id_rank"]
+    return X[: len(train)], X[len(train) :], ["shop_code", "id_rank"]
 
 
 CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "navec": navec, "listing": listing}
 
 
 # ---------------------------------------------------------------- backbone sets
+
 
 def _precision(opts: dict) -> dict:
     """The key's part for `cpu_bf16: auto`: what it means on this host (bf16 or float32 on CPU).
@@ -277,13 +297,20 @@ def _build(opts: dict):
 
     torch.manual_seed(int((opts.get("finetune") or {}).get("seed", 0)))
     if opts["kind"] == "image":
-        return build_image_encoder(opts["model"], opts.get("weights", "hub"), opts.get("image_size"),
-                                   opts.get("mean"), opts.get("std"))
+        return build_image_encoder(
+            opts["model"], opts.get("weights", "hub"), opts.get("image_size"), opts.get("mean"), opts.get("std")
+        )
     return build_text_encoder(opts["model"], int(opts.get("max_length", 128)))
 
 
-def _items(frame: pd.DataFrame, opts: dict, split: str = "train", size: int | None = None, ctx: dict | None = None,
-           sync: bool = False):
+def _items(
+    frame: pd.DataFrame,
+    opts: dict,
+    split: str = "train",
+    size: int | None = None,
+    ctx: dict | None = None,
+    sync: bool = False,
+):
     """What the backbone reads: texts (the set's view), or images: rows of the decode-once cache
     (default; `image_cache: false` decodes each image per pass instead, from its path).
     `sync` (every torchrun process calls it): rank 0 decodes, the others open the finished cache."""
@@ -295,8 +322,15 @@ def _items(frame: pd.DataFrame, opts: dict, split: str = "train", size: int | No
     from .backbones import barrier, dist_info
     from .images import image_cache
 
-    args = dict(root=ctx["root"], split=split, paths=paths, size=size, data_fp=ctx["data_fp"],
-                draft=bool(opts.get("draft", True)), workers=opts.get("workers"))
+    args = dict(
+        root=ctx["root"],
+        split=split,
+        paths=paths,
+        size=size,
+        data_fp=ctx["data_fp"],
+        draft=bool(opts.get("draft", True)),
+        workers=opts.get("workers"),
+    )
     if sync and dist_info()[1] > 1:
         if dist_info()[0] == 0:
             image_cache(**args)
@@ -321,18 +355,34 @@ def _embed_both(enc, train, test, opts, ctx, desc, items_train=None):
     if items_train is None:
         items_train = _items(train, opts, "train", size, ctx)
     bf16 = use_cpu_bf16(opts.get("cpu_bf16"))
-    Xtr, _, rate = embed(enc, opts["kind"], items_train, bs, opts.get("workers"), desc=f"{desc} train", tta=tta,
-                         cpu_bf16=bf16)
-    Xte, _, _ = embed(enc, opts["kind"], _items(test, opts, "test", size, ctx), bs, opts.get("workers"),
-                      desc=f"{desc} test", tta=tta, cpu_bf16=bf16)
+    Xtr, _, rate = embed(
+        enc, opts["kind"], items_train, bs, opts.get("workers"), desc=f"{desc} train", tta=tta, cpu_bf16=bf16
+    )
+    Xte, _, _ = embed(
+        enc,
+        opts["kind"],
+        _items(test, opts, "test", size, ctx),
+        bs,
+        opts.get("workers"),
+        desc=f"{desc} test",
+        tta=tta,
+        cpu_bf16=bf16,
+    )
     return Xtr, Xte, rate
 
 
 def frozen_embed(train, test, opts: dict, ctx: dict | None = None):
     enc = _build(opts)
     Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, opts["name"])
-    return Xtr, Xte, {"rate_per_s": rate, "decode_once": opts["kind"] == "image" and ctx is not None
-                      and opts.get("image_cache", True), "tta": opts.get("tta")}
+    return (
+        Xtr,
+        Xte,
+        {
+            "rate_per_s": rate,
+            "decode_once": opts["kind"] == "image" and ctx is not None and opts.get("image_cache", True),
+            "tta": opts.get("tta"),
+        },
+    )
 
 
 def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: dict | None = None):
@@ -342,19 +392,38 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     from .backbones import dist_info, finetune, use_cpu_bf16
 
     ft = dict(opts["finetune"])
-    allowed = set(inspect.signature(finetune).parameters) - {"encoder", "kind", "items", "labels", "n_classes",
-                                                              "workers", "desc", "cpu_bf16"}
+    allowed = set(inspect.signature(finetune).parameters) - {
+        "encoder",
+        "kind",
+        "items",
+        "labels",
+        "n_classes",
+        "workers",
+        "desc",
+        "cpu_bf16",
+    }
     if set(ft) - allowed:
-        raise DataError(f"config features.sets.{opts['name']}.finetune: unknown keys {sorted(set(ft) - allowed)} "
-                        f"(one of {sorted(allowed)})")
+        raise DataError(
+            f"config features.sets.{opts['name']}.finetune: unknown keys {sorted(set(ft) - allowed)} "
+            f"(one of {sorted(allowed)})"
+        )
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     enc = _build(opts)
     items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
-    log_ = finetune(enc, opts["kind"], fit_items, y[fit], len(classes), workers=opts.get("workers"),
-                    cpu_bf16=use_cpu_bf16(opts.get("cpu_bf16")), desc=f"{opts['name']} fold{k}", **ft)
+    log_ = finetune(
+        enc,
+        opts["kind"],
+        fit_items,
+        y[fit],
+        len(classes),
+        workers=opts.get("workers"),
+        cpu_bf16=use_cpu_bf16(opts.get("cpu_bf16")),
+        desc=f"{opts['name']} fold{k}",
+        **ft,
+    )
     if dist_info()[0] > 0:
         return None
     Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}", items)
@@ -378,6 +447,7 @@ def load_finetuned(cfg: dict, name: str, fold: int):
 
 
 # ---------------------------------------------------------------- stage
+
 
 def _done(meta_path: Path, key: str) -> bool:
     if not meta_path.is_file():
@@ -491,8 +561,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
             if not folds_path.is_file():
                 raise DataError(f"{folds_path}: missing file (run `make folds` first)")
             fold_key = config_hash({"base": base_key, "folds": folds_path.read_text()})
-            ks = sorted(set(range(int(cfg.get("folds", {}).get("k", 5)))) |
-                        ({-1} if opts.get("full_fit") else set()))
+            ks = sorted(set(range(int(cfg.get("folds", {}).get("k", 5)))) | ({-1} if opts.get("full_fit") else set()))
             if isinstance(fold, int):
                 if fold not in ks:
                     log.info("features/%s: no fold %d (folds %s)", name, fold, ks)
@@ -502,7 +571,9 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
         else:
             todo = [] if _done(folder / "meta.json", base_key) else [None]
         if _done(folder / "meta.json", base_key) and is_skipped(folder):
-            log.info("features/%s: cached, skipped (%s)", name, json.loads((folder / "meta.json").read_text())["skipped"])
+            log.info(
+                "features/%s: cached, skipped (%s)", name, json.loads((folder / "meta.json").read_text())["skipped"]
+            )
             continue
         if not todo:
             log.info("features/%s: cached, nothing to do%s", name, f" for fold {fold}" if isinstance(fold, int) else "")
@@ -519,8 +590,13 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
         if reason:  # nothing to embed: no matrices, heads that list this set run without it
             log.warning("features/%s: skipped, %s", name, reason)
             if rank == 0:
-                (folder / "meta.json").write_text(json.dumps({"key": base_key, "set": opts, "skipped": reason,
-                                                              "data_fingerprint": data_fp}, indent=2, default=str))
+                (folder / "meta.json").write_text(
+                    json.dumps(
+                        {"key": base_key, "set": opts, "skipped": reason, "data_fingerprint": data_fp},
+                        indent=2,
+                        default=str,
+                    )
+                )
             timings[name] = 0.0
             continue
         t0 = time.time()
@@ -530,8 +606,19 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                 extra = {"columns": cols[:50] + (["..."] if len(cols) > 50 else [])}
             else:
                 Xtr, Xte, extra = frozen_embed(train, test, opts, ctx)
-            _save(folder, Xtr, Xte, {"key": base_key, "set": opts, "data_fingerprint": data_fp,
-                                     "dim": int(Xtr.shape[1]), "seconds": round(time.time() - t0, 2), **extra})
+            _save(
+                folder,
+                Xtr,
+                Xte,
+                {
+                    "key": base_key,
+                    "set": opts,
+                    "data_fingerprint": data_fp,
+                    "dim": int(Xtr.shape[1]),
+                    "seconds": round(time.time() - t0, 2),
+                    **extra,
+                },
+            )
         else:
             fold_of_row = load_folds(cfg, train)
             for k in todo:
@@ -547,9 +634,21 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                         import torch
 
                         torch.save(enc.state_dict(), sub / "encoder.pt")
-                    _save(sub, Xtr, Xte, {"key": fold_key, "set": opts, "fold": k, "data_fingerprint": data_fp,
-                                          "dim": int(Xtr.shape[1]), "seconds": round(time.time() - tk, 2),
-                                          "world_size": world, **extra})
+                    _save(
+                        sub,
+                        Xtr,
+                        Xte,
+                        {
+                            "key": fold_key,
+                            "set": opts,
+                            "fold": k,
+                            "data_fingerprint": data_fp,
+                            "dim": int(Xtr.shape[1]),
+                            "seconds": round(time.time() - tk, 2),
+                            "world_size": world,
+                            **extra,
+                        },
+                    )
                 barrier()
         timings[name] = round(time.time() - t0, 2)
         log.info("features/%s: done in %.1fs", name, timings[name])
@@ -568,8 +667,10 @@ def absent_modality(train: pd.DataFrame, test: pd.DataFrame, opts: dict) -> str 
     for split, frame in (("train", train), ("test", test)):
         share = float(frame["has_image"].mean()) if len(frame) else 0.0
         if share < need or not frame["has_image"].any():
-            return (f"{split} has {int(frame['has_image'].sum())} readable images of {len(frame)} rows "
-                    f"({share:.1%} < min_image_share {need:.0%})")
+            return (
+                f"{split} has {int(frame['has_image'].sum())} readable images of {len(frame)} rows "
+                f"({share:.1%} < min_image_share {need:.0%})"
+            )
     return None
 
 
@@ -591,8 +692,10 @@ def _load_for_features(cfg):
 
 # ---------------------------------------------------------------- reading (heads)
 
-def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray, test_ids: np.ndarray,
-                  blocks: bool = False):
+
+def load_features(
+    cfg: dict, names: list[str], fold: int, train_ids: np.ndarray, test_ids: np.ndarray, blocks: bool = False
+):
     """(X_train, X_test) for head fold `fold`: cached sets side by side, per-fold sets from fold{fold}.
 
     A per-fold set's matrices come from the backbone fine-tuned without fold `fold`, so the rows
@@ -607,8 +710,11 @@ def load_features(cfg: dict, names: list[str], fold: int, train_ids: np.ndarray,
             raise DataError(f"head uses feature set {name!r}, not in features.sets ({sorted(sets)})")
         folder = root / name
         if is_skipped(folder):
-            log.info("features/%s was skipped (%s); the head runs without it", name,
-                     json.loads((folder / "meta.json").read_text())["skipped"])
+            log.info(
+                "features/%s was skipped (%s); the head runs without it",
+                name,
+                json.loads((folder / "meta.json").read_text())["skipped"],
+            )
             continue
         sub = folder / f"fold{fold}" if is_per_fold(sets[name]) else folder
         if not (sub / "meta.json").is_file():

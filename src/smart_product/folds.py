@@ -25,6 +25,7 @@ Which groups (`folds.group_col`):
 - `null`: plain stratified folds.
 The audit is computed whatever the choice (unless `folds.dups: false`).
 """
+
 from __future__ import annotations
 
 import json
@@ -110,11 +111,16 @@ def fold_summary(y, folds: np.ndarray, k: int) -> dict:
 
 def _column_groups(train: pd.DataFrame, group_col: str, data_dir: Path) -> np.ndarray:
     if group_col not in train.columns:
-        raise DataError(f"{data_dir / 'train.parquet'}: column '{group_col}': folds.group_col "
-                        f"names a column the data does not have ({', '.join(train.columns)})")
+        raise DataError(
+            f"{data_dir / 'train.parquet'}: column '{group_col}': folds.group_col "
+            f"names a column the data does not have ({', '.join(train.columns)})"
+        )
     values = train[group_col]
-    groups = (values.astype(str).str.lower().str.strip().where(values.notna())
-              if values.dtype == object or pd.api.types.is_string_dtype(values) else values)
+    groups = (
+        values.astype(str).str.lower().str.strip().where(values.notna())
+        if values.dtype == object or pd.api.types.is_string_dtype(values)
+        else values
+    )
     return groups.to_numpy()
 
 
@@ -122,13 +128,17 @@ def choose_grouping(dup_audit: dict, margin: float) -> tuple[bool, str]:
     """`auto`: group by near-duplicate cluster when plain folds overstate near-duplicates."""
     p_test, p_plain = dup_audit["p_test"], dup_audit["p_oof_plain"]
     if p_plain - p_test > margin:
-        return True, (f"plain folds would give {p_plain:.1%} of validation rows a near-duplicate in "
-                      f"training, the test rows have one in train {p_test:.1%} of the time "
-                      f"(gap {p_plain - p_test:+.1%} > auto_margin {margin:.0%}): the test split "
-                      f"keeps near-duplicates apart, so folds keep clusters whole")
-    return False, (f"plain folds give {p_plain:.1%} of validation rows a near-duplicate in training, "
-                   f"the test rows {p_test:.1%} (gap {p_plain - p_test:+.1%} <= auto_margin {margin:.0%}): "
-                   f"near-duplicates cross the test split as often, so plain stratified folds")
+        return True, (
+            f"plain folds would give {p_plain:.1%} of validation rows a near-duplicate in "
+            f"training, the test rows have one in train {p_test:.1%} of the time "
+            f"(gap {p_plain - p_test:+.1%} > auto_margin {margin:.0%}): the test split "
+            f"keeps near-duplicates apart, so folds keep clusters whole"
+        )
+    return False, (
+        f"plain folds give {p_plain:.1%} of validation rows a near-duplicate in training, "
+        f"the test rows {p_test:.1%} (gap {p_plain - p_test:+.1%} <= auto_margin {margin:.0%}): "
+        f"near-duplicates cross the test split as often, so plain stratified folds"
+    )
 
 
 def near_duplicate_audit(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, plain: np.ndarray):
@@ -141,23 +151,23 @@ def near_duplicate_audit(cfg: dict, train: pd.DataFrame, test: pd.DataFrame, pla
     frame, stats = found
     fcfg = cfg.get("folds", {})
     cluster = frame["cluster"].to_numpy()
-    cluster_train, cluster_test = cluster[: len(train)], cluster[len(train):]
-    grouped = assign_folds(train[TARGET].to_numpy(), int(fcfg.get("k", 5)), int(fcfg.get("seed", 42)),
-                           cluster_train)
-    audit = {**dups.audit(cluster_train, cluster_test, {"plain": plain, "grouped": grouped}),
-             "clusters": stats,
-             "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()])}
+    cluster_train, cluster_test = cluster[: len(train)], cluster[len(train) :]
+    grouped = assign_folds(train[TARGET].to_numpy(), int(fcfg.get("k", 5)), int(fcfg.get("seed", 42)), cluster_train)
+    audit = {
+        **dups.audit(cluster_train, cluster_test, {"plain": plain, "grouped": grouped}),
+        "clusters": stats,
+        "largest": dups.largest_clusters(frame, np.r_[train["title"].to_numpy(), test["title"].to_numpy()]),
+    }
     return audit, grouped, cluster_train
 
 
 def make_folds(cfg: dict) -> Path:
     """Write folds/folds.csv (product_id, fold) and folds/meta.json (+ the near-duplicate audit)."""
-    from .data import load_data
-    from . import dups
-
     import os
 
+    from . import dups
     from .config import config_hash
+    from .data import load_data
 
     fcfg = cfg.get("folds", {})
     k, seed = int(fcfg.get("k", 5)), int(fcfg.get("seed", 42))
@@ -196,9 +206,11 @@ def make_folds(cfg: dict) -> Path:
         folds, policy, why = plain, "plain stratified", "set in the config (folds.group_col: null)"
     empty = [f for f in range(k) if not (folds == f).any()]
     if empty:  # every head would be asked to predict no rows for these folds
-        raise DataError(f"{data_dir / 'train.parquet'}: folds {empty} of folds.k={k} get no validation rows "
-                        f"({int((folds >= 0).sum())} of {len(folds)} rows can be validated: a class needs 2+ "
-                        f"products{', in 2+ groups' if folds is not plain else ''}); lower folds.k or add products")
+        raise DataError(
+            f"{data_dir / 'train.parquet'}: folds {empty} of folds.k={k} get no validation rows "
+            f"({int((folds >= 0).sum())} of {len(folds)} rows can be validated: a class needs 2+ "
+            f"products{', in 2+ groups' if folds is not plain else ''}); lower folds.k or add products"
+        )
     if audit:
         audit["p_oof_chosen"] = float(dups.has_dup_in_training(cluster_train, folds)[folds >= 0].mean())
 
@@ -206,16 +218,31 @@ def make_folds(cfg: dict) -> Path:
     pd.DataFrame({ID: train[ID], "fold": folds}).to_csv(tmp, index=False)
     os.replace(tmp, out / "folds.csv")
     summary = fold_summary(train[TARGET], folds, k)
-    meta = {"key": key, "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir), "k": k,
-            "seed": seed, "group_col": group_col, "policy": policy, "why": why, **summary,
-            "dup_audit": audit}
+    meta = {
+        "key": key,
+        "data_dir": str(data_dir),
+        "data_fingerprint": fingerprint(data_dir),
+        "k": k,
+        "seed": seed,
+        "group_col": group_col,
+        "policy": policy,
+        "why": why,
+        **summary,
+        "dup_audit": audit,
+    }
     tmp = out / f".meta.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, out / "meta.json")
-    log.info("folds: %d rows in %d folds %s; %d rows never validated (%d singleton classes, and "
-             "with groups classes of one group; no OOF prediction); %d classes have fewer than k rows",
-             summary["rows"], k, summary["rows_per_fold"], summary["never_validated_rows"],
-             summary["singleton_classes"], summary["classes_below_k"])
+    log.info(
+        "folds: %d rows in %d folds %s; %d rows never validated (%d singleton classes, and "
+        "with groups classes of one group; no OOF prediction); %d classes have fewer than k rows",
+        summary["rows"],
+        k,
+        summary["rows_per_fold"],
+        summary["never_validated_rows"],
+        summary["singleton_classes"],
+        summary["classes_below_k"],
+    )
     for line in audit_lines(meta):
         print(line)
     return out / "folds.csv"
@@ -228,15 +255,18 @@ def audit_lines(meta: dict) -> list[str]:
     if not a:
         return lines
     c = a["clusters"]
-    lines += [f"- near-duplicates: {c['rows_in_clusters']} of {c['rows']} train+test rows in "
-              f"{c['clusters_2plus']} clusters of 2+ (largest {c['largest_cluster']}; "
-              f"{c['text_edges']} text + {c['image_edges']} image pairs)",
-              f"- test rows with a near-duplicate in train: p_test = {a['p_test']:.1%}; validation rows "
-              f"with one in their training folds: p_oof = {a['p_oof_plain']:.1%} plain, "
-              f"{a['p_oof_grouped']:.1%} grouped, {a.get('p_oof_chosen', float('nan')):.1%} in these folds"]
+    lines += [
+        f"- near-duplicates: {c['rows_in_clusters']} of {c['rows']} train+test rows in "
+        f"{c['clusters_2plus']} clusters of 2+ (largest {c['largest_cluster']}; "
+        f"{c['text_edges']} text + {c['image_edges']} image pairs)",
+        f"- test rows with a near-duplicate in train: p_test = {a['p_test']:.1%}; validation rows "
+        f"with one in their training folds: p_oof = {a['p_oof_plain']:.1%} plain, "
+        f"{a['p_oof_grouped']:.1%} grouped, {a.get('p_oof_chosen', float('nan')):.1%} in these folds",
+    ]
     for big in a.get("largest", [])[:3]:
-        lines.append(f"  - cluster of {big['rows']} ({big['train']} train / {big['test']} test): "
-                     + " | ".join(big["titles"]))
+        lines.append(
+            f"  - cluster of {big['rows']} ({big['train']} train / {big['test']} test): " + " | ".join(big["titles"])
+        )
     return lines
 
 
@@ -250,7 +280,9 @@ def load_folds(cfg: dict, train: pd.DataFrame) -> np.ndarray:
         raise DataError(f"{path}: expected columns product_id, fold; got {list(df.columns)}")
     folds = df.set_index(ID)["fold"].reindex(train[ID])
     if folds.isna().any() or len(df) != len(train):
-        raise DataError(f"{path}: made for other data ({len(df)} rows, "
-                        f"{int(folds.isna().sum())} train ids missing); rerun `make folds` "
-                        f"with DATA={cfg['data_dir']}")
+        raise DataError(
+            f"{path}: made for other data ({len(df)} rows, "
+            f"{int(folds.isna().sum())} train ids missing); rerun `make folds` "
+            f"with DATA={cfg['data_dir']}"
+        )
     return folds.to_numpy().astype(np.int64)

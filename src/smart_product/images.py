@@ -14,6 +14,7 @@ and augment on the batch tensor, on the GPU when there is one (`BatchAugment`, k
 per-fold fine-tuning reads every image (K + 1) x (epochs + embedding passes) times, and
 decoding JPEGs on the CPU each time starves a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,12 +95,13 @@ class ImageCache:
     def array(self) -> np.ndarray:
         return np.memmap(self.file, np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
 
-    def rows(self, rows=None) -> "CachedRows":
+    def rows(self, rows=None) -> CachedRows:
         return CachedRows(self, np.arange(self.n) if rows is None else np.asarray(rows))
 
 
-def image_cache(root: str | Path, split: str, paths, size: int, data_fp: str = "", draft: bool = True,
-                workers: int | None = None) -> ImageCache:
+def image_cache(
+    root: str | Path, split: str, paths, size: int, data_fp: str = "", draft: bool = True, workers: int | None = None
+) -> ImageCache:
     """Decode `paths` once into {root}/_images/{size}/{split}.u8 (cached by the data fingerprint,
     size and the image files' sizes and mtimes); return the ImageCache."""
     from .config import config_hash, n_workers
@@ -121,29 +123,47 @@ def image_cache(root: str | Path, split: str, paths, size: int, data_fp: str = "
     n, t0 = len(paths), time.time()
     np.memmap(file, np.uint8, mode="w+", shape=(max(n, 1), size, size, 3)).flush()  # zeros: no image
     ok = np.zeros(n, bool)
-    tasks = [(str(file), max(n, 1), size, s, paths[s:s + CHUNK], draft) for s in range(0, n, CHUNK)]
+    tasks = [(str(file), max(n, 1), size, s, paths[s : s + CHUNK], draft) for s in range(0, n, CHUNK)]
     workers = n_workers(workers)
     bar = tqdm(total=n, desc=f"decode {split} images at {size}px", mininterval=2, leave=False)
     if workers > 0 and len(tasks) > 1:
         with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
             for start, got in pool.map(_decode_chunk, tasks):
-                ok[start:start + len(got)] = got
+                ok[start : start + len(got)] = got
                 bar.update(len(got))
     else:
         for task in tasks:
             start, got = _decode_chunk(task)
-            ok[start:start + len(got)] = got
+            ok[start : start + len(got)] = got
             bar.update(len(got))
     bar.close()
     seconds = time.time() - t0
     np.save(ok_file, ok)
-    meta = {"key": key, "split": split, "shape": [n, size, size, 3], "images_ok": int(ok.sum()),
-            "no_image": int(n - ok.sum()), "draft": draft, "workers": workers, "seconds": round(seconds, 2),
-            "images_per_s": round(n / max(seconds, 1e-9), 1), "bytes": int(file.stat().st_size)}
+    meta = {
+        "key": key,
+        "split": split,
+        "shape": [n, size, size, 3],
+        "images_ok": int(ok.sum()),
+        "no_image": int(n - ok.sum()),
+        "draft": draft,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(n / max(seconds, 1e-9), 1),
+        "bytes": int(file.stat().st_size),
+    }
     meta_file.write_text(json.dumps(meta, indent=2))
-    log.info("images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s "
-             "(%.2f GB)", split, n, n - ok.sum(), size, seconds, meta["images_per_s"], workers, file,
-             meta["bytes"] / 1e9)
+    log.info(
+        "images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s (%.2f GB)",
+        split,
+        n,
+        n - ok.sum(),
+        size,
+        seconds,
+        meta["images_per_s"],
+        workers,
+        file,
+        meta["bytes"] / 1e9,
+    )
     return ImageCache(file, n, size, ok)
 
 
@@ -156,7 +176,7 @@ class CachedRows:
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, idx) -> "CachedRows":
+    def __getitem__(self, idx) -> CachedRows:
         return CachedRows(self.cache, self.rows[idx if isinstance(idx, slice) else np.asarray(idx)])
 
     @property
@@ -195,12 +215,15 @@ class CachedImageSet(Dataset):
             raise IndexError(f"{self.rows.cache.file}: rows {rows.min()}..{rows.max()} outside its {len(arr)}")
         x = torch.empty((n,) + arr.shape[1:], dtype=torch.uint8) if out is None else out[:n]
         if n and (np.diff(rows) == 1).all():  # consecutive rows: one sequential read
-            x.numpy()[:] = arr[rows[0]:rows[-1] + 1]
+            x.numpy()[:] = arr[rows[0] : rows[-1] + 1]
         else:
             np.take(arr, rows, axis=0, out=x.numpy())
         ok = torch.from_numpy(self.rows.cache.ok[rows])
-        y = torch.full((n,), -1, dtype=torch.long) if self.labels is None else \
-            torch.from_numpy(self.labels[idx].astype(np.int64))
+        y = (
+            torch.full((n,), -1, dtype=torch.long)
+            if self.labels is None
+            else torch.from_numpy(self.labels[idx].astype(np.int64))
+        )
         return x, ok, y
 
     def __getitem__(self, idx):
@@ -238,8 +261,11 @@ class CachedBatches:
         ds, cuda = self.ds, self.dev.type == "cuda"
         assert ds.augment is None, "CachedBatches: augmentation runs on the device, after it"
         size, width = ds.rows.cache.size, self.batches.batch_size
-        ring = [torch.empty((width, size, size, 3), dtype=torch.uint8, pin_memory=True)
-                for _ in range(self.prefetch + 2)] if cuda else None
+        ring = (
+            [torch.empty((width, size, size, 3), dtype=torch.uint8, pin_memory=True) for _ in range(self.prefetch + 2)]
+            if cuda
+            else None
+        )
         events = [None] * len(ring) if cuda else None
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -290,8 +316,9 @@ class BatchAugment(nn.Module):
         super().__init__()
         import kornia.augmentation as K
 
-        self.aug = nn.Sequential(K.RandomResizedCrop((size, size), scale=(0.6, 1.0)), K.RandomHorizontalFlip(),
-                                 K.RandomRotation(15.0))
+        self.aug = nn.Sequential(
+            K.RandomResizedCrop((size, size), scale=(0.6, 1.0)), K.RandomHorizontalFlip(), K.RandomRotation(15.0)
+        )
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ With the folds stage's near-duplicate clusters (folds/dups.parquet) the report a
 head's OOF F1 into rows with and without a near-duplicate in their training folds: how much of the
 score is recognising a listing seen in training, beside the audit (p_test, p_oof; folds/meta.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,21 +65,32 @@ def _dup_split(cfg: dict, train_ids: np.ndarray, has: np.ndarray, y: np.ndarray,
         return [], []
     dup = has_dup_in_training(cl.to_numpy().astype(np.int64), folds.to_numpy().astype(np.int64))[has]
     out, lines = [], ["", "## Near-duplicates (folds/meta.json, folds/dups.parquet)", ""]
-    lines += audit_lines(meta) + ["", f"| head | OOF weighted F1, rows with a near-duplicate in training "
-                                      f"({int(dup.sum())}) | without ({int((~dup).sum())}) |", "|---|---|---|"]
+    lines += audit_lines(meta) + [
+        "",
+        f"| head | OOF weighted F1, rows with a near-duplicate in training "
+        f"({int(dup.sum())}) | without ({int((~dup).sum())}) |",
+        "|---|---|---|",
+    ]
     for n, r in runs.items():
         pred = r["oof"][has].argmax(1)
         f_with = scores(y[has][dup], pred[dup])["weighted_f1"] if dup.any() else float("nan")
         f_without = scores(y[has][~dup], pred[~dup])["weighted_f1"] if (~dup).any() else float("nan")
-        out.append({"name": n, "with_dup": None if np.isnan(f_with) else round(f_with, 4),
-                    "without_dup": None if np.isnan(f_without) else round(f_without, 4),
-                    "rows_with_dup": int(dup.sum()), "rows_without_dup": int((~dup).sum())})
+        out.append(
+            {
+                "name": n,
+                "with_dup": None if np.isnan(f_with) else round(f_with, 4),
+                "without_dup": None if np.isnan(f_without) else round(f_without, 4),
+                "rows_with_dup": int(dup.sum()),
+                "rows_without_dup": int((~dup).sum()),
+            }
+        )
         lines.append(f"| {n} | " + " | ".join("-" if np.isnan(v) else f"{v:.4f}" for v in (f_with, f_without)) + " |")
     return out, lines
 
 
 def make_report(cfg: dict, names: list[str] | None = None) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import f1_score
@@ -108,31 +120,49 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
         pred = r["oof"][has].argmax(1)
         s = scores(y[has], pred)
         folds = r["metrics"].get("folds", [])
-        rows.append({"name": n, **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
-                     "fold_weighted_f1": [round(f["weighted_f1"], 4) for f in folds]})
+        rows.append(
+            {
+                "name": n,
+                **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
+                "fold_weighted_f1": [round(f["weighted_f1"], 4) for f in folds],
+            }
+        )
         labels = np.arange(len(classes))
         per_class[n] = f1_score(y[has], pred, labels=labels, average=None, zero_division=0)
     table = pd.DataFrame(rows).sort_values("weighted_f1", ascending=False)
     best = table.iloc[0]["name"]
     support = np.bincount(y[has], minlength=len(classes))
-    worst = pd.DataFrame({"category_id": classes, "train_rows": counts, "validated_rows": support,
-                          "f1": per_class[best]})
+    worst = pd.DataFrame(
+        {"category_id": classes, "train_rows": counts, "validated_rows": support, "f1": per_class[best]}
+    )
     worst = worst[worst.validated_rows > 0].sort_values(["f1", "train_rows"]).head(20)
 
-    lines = [f"# OOF report: {cfg['data_dir']}", "",
-             f"- {len(y)} train rows, {len(classes)} classes; **{never} rows never validated** "
-             f"(singleton classes, and with grouped folds classes of one group; fold -1): no OOF "
-             f"prediction, excluded from every score below",
-             f"- majority-class baseline on the same rows: weighted F1 {majority['weighted_f1']:.4f}, "
-             f"accuracy {majority['accuracy']:.4f}", "",
-             "| head | weighted F1 | macro F1 | accuracy | rows | weighted F1 per fold |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# OOF report: {cfg['data_dir']}",
+        "",
+        f"- {len(y)} train rows, {len(classes)} classes; **{never} rows never validated** "
+        f"(singleton classes, and with grouped folds classes of one group; fold -1): no OOF "
+        f"prediction, excluded from every score below",
+        f"- majority-class baseline on the same rows: weighted F1 {majority['weighted_f1']:.4f}, "
+        f"accuracy {majority['accuracy']:.4f}",
+        "",
+        "| head | weighted F1 | macro F1 | accuracy | rows | weighted F1 per fold |",
+        "|---|---|---|---|---|---|",
+    ]
     for _, r in table.iterrows():
-        lines.append(f"| {r['name']} | {r['weighted_f1']:.4f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
-                     f"{r['rows']} | {', '.join(f'{v:.4f}' for v in r['fold_weighted_f1'])} |")
+        lines.append(
+            f"| {r['name']} | {r['weighted_f1']:.4f} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
+            f"{r['rows']} | {', '.join(f'{v:.4f}' for v in r['fold_weighted_f1'])} |"
+        )
     dup_rows, dup_lines = _dup_split(cfg, ref["train_ids"], has, y, runs)
     lines += dup_lines
-    lines += ["", f"## 20 worst classes ({best})", "", "| category_id | train rows | validated rows | F1 |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"## 20 worst classes ({best})",
+        "",
+        "| category_id | train rows | validated rows | F1 |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r.category_id} | {r.train_rows} | {r.validated_rows} | {r.f1:.3f} |" for r in worst.itertuples()]
     lines += ["", "![heads](heads.png)", "", "![per-class F1](per_class_f1.png)"]
 
@@ -164,9 +194,18 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
     plt.close(fig)
 
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps({"never_validated_rows": never, "majority": majority,
-                                                 "heads": rows, "near_duplicates": dup_rows,
-                                                 "worst_classes": worst.to_dict("records")},
-                                                indent=2, default=str))
-    print("\n".join(lines[:8 + len(table)]))
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "never_validated_rows": never,
+                "majority": majority,
+                "heads": rows,
+                "near_duplicates": dup_rows,
+                "worst_classes": worst.to_dict("records"),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print("\n".join(lines[: 8 + len(table)]))
     return out / "report.md"

@@ -28,6 +28,7 @@ or it can lose to its own best input head while its OOF says it wins:
   stacked outputs averaged over those folds: the same number of counted rows as in the fit.
 A row outside the candidates gets probability 0.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,13 @@ def candidates(probs: list[np.ndarray], top: int) -> np.ndarray:
     return np.argpartition(-mean, top - 1, axis=1)[:, :top]
 
 
-def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, log_prior: np.ndarray,
-                  group_feats: list[np.ndarray] = ()) -> np.ndarray:
+def pair_features(
+    probs: list[np.ndarray],
+    cand: np.ndarray,
+    meta: np.ndarray,
+    log_prior: np.ndarray,
+    group_feats: list[np.ndarray] = (),
+) -> np.ndarray:
     """n x top x F float32 features of each (row, candidate class) pair; `group_feats`: n x top
     arrays (GroupPrior.features), appended as they are."""
     rows = np.arange(len(cand))[:, None]
@@ -69,7 +75,8 @@ def pair_features(probs: list[np.ndarray], cand: np.ndarray, meta: np.ndarray, l
 class GroupPrior:
     """Class counts per group (e.g. per shop) of the level-2 training rows, kept per fold so that
     a training row's evidence leaves out its own fold (its own label included); the stacker counts
-    a predicted row's with one training fold left out (`row_folds`), each in turn. Features of (row, candidate c) for a group g of n_g counted rows:
+    a predicted row's with one training fold left out (`row_folds`), each in turn. Features of
+    (row, candidate c) for a group g of n_g counted rows:
     log((count[g, c] + alpha * prior[c]) / (n_g + alpha)) and log(1 + n_g). A group never seen
     (or the code -1) gives the class prior and 0."""
 
@@ -81,8 +88,10 @@ class GroupPrior:
         ok = codes >= 0
         self.folds = np.unique(folds)
         # (group, class) pair counts and group sizes, per fold: sorted keys + counts
-        self.pairs = {f: np.unique(codes[ok & (folds == f)] * n_classes + y[ok & (folds == f)], return_counts=True)
-                      for f in self.folds}
+        self.pairs = {
+            f: np.unique(codes[ok & (folds == f)] * n_classes + y[ok & (folds == f)], return_counts=True)
+            for f in self.folds
+        }
         self.sizes = {f: np.unique(codes[ok & (folds == f)], return_counts=True) for f in self.folds}
         return self
 
@@ -118,10 +127,22 @@ def row_meta(probs: list[np.ndarray], extra: np.ndarray | None) -> np.ndarray:
 
 
 class Stacker:
-    def __init__(self, top: int = 20, hidden: int = 16, max_steps: int = 4000, lr: float = 0.01, batch_size: int = 1024,
-                 weight_decay: float = 1e-5, inner_frac: float = 0.1, patience: int = 8, seed: int = 0,
-                 groups: tuple[str, ...] | list[str] = (), group_alpha: float = 1.0, bags: int | str = 1,
-                 bag_rows: int = 100_000):
+    def __init__(
+        self,
+        top: int = 20,
+        hidden: int = 16,
+        max_steps: int = 4000,
+        lr: float = 0.01,
+        batch_size: int = 1024,
+        weight_decay: float = 1e-5,
+        inner_frac: float = 0.1,
+        patience: int = 8,
+        seed: int = 0,
+        groups: tuple[str, ...] | list[str] = (),
+        group_alpha: float = 1.0,
+        bags: int | str = 1,
+        bag_rows: int = 100_000,
+    ):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         if not (bags == "auto" or (isinstance(bags, int) and not isinstance(bags, bool) and bags >= 1)):
@@ -170,7 +191,7 @@ class Stacker:
             perm = tr[torch.from_numpy(rng.permutation(len(tr)))]
             for s in range(0, len(perm), self.batch_size):
                 net.train()
-                b = perm[s:s + self.batch_size]
+                b = perm[s : s + self.batch_size]
                 loss = torch.nn.functional.cross_entropy(net(Xt[b]), target[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -196,13 +217,23 @@ class Stacker:
         if not self.groups:
             return None
         if groups is None or groups.ndim != 2 or groups.shape != (n, len(self.groups)):
-            raise ValueError(f"stacker: groups {list(self.groups)} need an n x {len(self.groups)} code array, "
-                             f"got {None if groups is None else groups.shape}")
+            raise ValueError(
+                f"stacker: groups {list(self.groups)} need an n x {len(self.groups)} code array, "
+                f"got {None if groups is None else groups.shape}"
+            )
         return groups
 
-    def fit(self, probs: list[np.ndarray], y: np.ndarray, n_classes: int, extra: np.ndarray | None = None,
-            rows: np.ndarray | None = None, chunk: int = 8192, groups: np.ndarray | None = None,
-            folds: np.ndarray | None = None):
+    def fit(
+        self,
+        probs: list[np.ndarray],
+        y: np.ndarray,
+        n_classes: int,
+        extra: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        chunk: int = 8192,
+        groups: np.ndarray | None = None,
+        folds: np.ndarray | None = None,
+    ):
         """Fit on `rows` (indices or a mask; default all) of probs / y / extra. Features are built
         chunk by chunk from views of the heads' matrices: no copy of an n x classes matrix.
         groups: n x len(self.groups) int codes (-1: none); folds: each row's fold, so a training
@@ -217,24 +248,37 @@ class Stacker:
         if groups is not None:
             if folds is None:
                 folds = np.random.default_rng(self.seed).integers(0, 5, len(y))
-            self.group_priors = [GroupPrior(self.group_alpha).fit(groups[rows, g], y[rows], folds[rows], n_classes,
-                                                                   cnt / cnt.sum())
-                                 for g in range(groups.shape[1])]
-        meta = np.concatenate([row_meta([P[rows[s:s + chunk]] for P in probs],
-                                        None if extra is None else extra[rows[s:s + chunk]])
-                               for s in range(0, len(rows), chunk)])
+            self.group_priors = [
+                GroupPrior(self.group_alpha).fit(groups[rows, g], y[rows], folds[rows], n_classes, cnt / cnt.sum())
+                for g in range(groups.shape[1])
+            ]
+        meta = np.concatenate(
+            [
+                row_meta([P[rows[s : s + chunk]] for P in probs], None if extra is None else extra[rows[s : s + chunk]])
+                for s in range(0, len(rows), chunk)
+            ]
+        )
         self.meta_mean, self.meta_std = meta.mean(0), meta.std(0) + 1e-6
         meta = (meta - self.meta_mean) / self.meta_std
         parts, targets = [], []
         for s in range(0, len(rows), chunk):
-            r = rows[s:s + chunk]
+            r = rows[s : s + chunk]
             part = [P[r] for P in probs]
             cand = candidates(part, self.top)
             hit = cand == y[r][:, None]
             keep = hit.any(1)
-            gf = [] if groups is None else [
-                f for g, gp in enumerate(self.group_priors) for f in gp.features(groups[r[keep], g], cand[keep], folds[r[keep]])]
-            parts.append(pair_features([P[keep] for P in part], cand[keep], meta[s:s + chunk][keep], self.log_prior, gf))
+            gf = (
+                []
+                if groups is None
+                else [
+                    f
+                    for g, gp in enumerate(self.group_priors)
+                    for f in gp.features(groups[r[keep], g], cand[keep], folds[r[keep]])
+                ]
+            )
+            parts.append(
+                pair_features([P[keep] for P in part], cand[keep], meta[s : s + chunk][keep], self.log_prior, gf)
+            )
             targets.append(hit[keep].argmax(1))
         X = np.concatenate(parts)
         del parts
@@ -250,8 +294,14 @@ class Stacker:
         self.seconds = round(time.time() - t0, 2)
         return self
 
-    def predict_proba(self, probs: list[np.ndarray], extra: np.ndarray | None = None, rows: np.ndarray | None = None,
-                      batch: int = 8192, groups: np.ndarray | None = None) -> np.ndarray:
+    def predict_proba(
+        self,
+        probs: list[np.ndarray],
+        extra: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        batch: int = 8192,
+        groups: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Probabilities of `rows` (indices or a mask; default all), len(rows) x classes; groups
         as in fit. Their evidence is counted as for a training row, one training fold left out,
         and the probabilities are averaged over the folds left out."""
@@ -263,19 +313,27 @@ class Stacker:
         out = np.zeros((len(rows), n_classes), np.float32)
         left_out = [None] if groups is None else list(self.group_priors[0].folds)
         for s in range(0, len(rows), batch):
-            r = rows[s:s + batch]
+            r = rows[s : s + batch]
             part = [np.asarray(P[r], np.float32) for P in probs]
             cand = candidates(part, self.top)
             meta = (row_meta(part, None if extra is None else extra[r]) - self.meta_mean) / self.meta_std
             p = 0.0
             for f in left_out:
-                gf = [] if f is None else [x for g, gp in enumerate(self.group_priors)
-                                           for x in gp.features(groups[r, g], cand, np.full(len(r), f))]
-                X = torch.from_numpy(((pair_features(part, cand, meta, self.log_prior, gf) - self.mean)
-                                      / self.std).astype(np.float32))
+                gf = (
+                    []
+                    if f is None
+                    else [
+                        x
+                        for g, gp in enumerate(self.group_priors)
+                        for x in gp.features(groups[r, g], cand, np.full(len(r), f))
+                    ]
+                )
+                X = torch.from_numpy(
+                    ((pair_features(part, cand, meta, self.log_prior, gf) - self.mean) / self.std).astype(np.float32)
+                )
                 with torch.no_grad():
                     p = p + sum(torch.softmax(net(X), 1) for net in self.nets).numpy() / len(self.nets)
-            np.put_along_axis(out[s:s + batch], cand, p / len(left_out), 1)
+            np.put_along_axis(out[s : s + batch], cand, p / len(left_out), 1)
         return out
 
 
@@ -295,8 +353,9 @@ def fold_test_probs(test_probs, k: int) -> list[np.ndarray]:
     return [np.asarray(T[k] if T.ndim == 3 else T, np.float32) for T in test_probs]
 
 
-def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None,
-              groups_test=None):
+def cross_fit(
+    probs, test_probs, y, folds, has, n_classes, params, extra=None, extra_test=None, groups=None, groups_test=None
+):
     """The stacker's OOF and test probabilities, one stacker a fold: stacker k is fit on the OOF
     rows of the other folds, predicts fold k's rows, and predicts the test rows from fold k's
     models' test probabilities (`test_probs`: per head K x n_test x C, the fold order of `folds`);
@@ -311,8 +370,10 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
     if bad:
         from .data import DataError
 
-        raise DataError(f"stacker: heads hold {bad[0]} fold models' test probabilities, the folds are {len(ks)} "
-                        "(rerun `make train`)")
+        raise DataError(
+            f"stacker: heads hold {bad[0]} fold models' test probabilities, the folds are {len(ks)} "
+            "(rerun `make train`)"
+        )
     info, recall = [], []
     for i, k in enumerate(tqdm(ks, desc="stacker folds", mininterval=1)):
         t0, fit_rows, val_rows = time.time(), has & (folds != k), has & (folds == k)
@@ -320,14 +381,33 @@ def cross_fit(probs, test_probs, y, folds, has, n_classes, params, extra=None, e
         oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
         test += st.predict_proba(fold_test_probs(test_probs, i), extra_test, groups=groups_test) / len(ks)
         recall.append(st.recall)
-        info.append({"fold": int(k), "candidate_recall": round(st.recall, 4), "nets": len(st.nets),
-                     "seconds": round(time.time() - t0, 2)})
+        info.append(
+            {
+                "fold": int(k),
+                "candidate_recall": round(st.recall, 4),
+                "nets": len(st.nets),
+                "seconds": round(time.time() - t0, 2),
+            }
+        )
     seconds = round(time.time() - t_all, 1)
-    log.info("stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each), each "
-             "scoring its fold's rows and its fold models' test probabilities, in %.0fs", 100 * np.mean(recall),
-             len(ks), "/".join(str(n) for n in sorted({f["nets"] for f in info})), seconds)
-    return oof, test, {"folds": info, "candidate_recall": round(float(np.mean(recall)), 4), "seconds": seconds,
-                       "test_from": "each fold's stacker over its fold models' test probabilities, averaged"}
+    log.info(
+        "stacker: candidates hold the true class for %.1f%% of OOF rows; %d fold fits (%s net(s) each), each "
+        "scoring its fold's rows and its fold models' test probabilities, in %.0fs",
+        100 * np.mean(recall),
+        len(ks),
+        "/".join(str(n) for n in sorted({f["nets"] for f in info})),
+        seconds,
+    )
+    return (
+        oof,
+        test,
+        {
+            "folds": info,
+            "candidate_recall": round(float(np.mean(recall)), 4),
+            "seconds": seconds,
+            "test_from": "each fold's stacker over its fold models' test probabilities, averaged",
+        },
+    )
 
 
 def row_side(cfg: dict, groups=()) -> tuple:
@@ -356,8 +436,7 @@ def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
     from .data import DataError
 
     if isinstance(names, str) or not isinstance(names or [], (list, tuple)):
-        raise DataError(f"config blend.stack.groups: a list of group specs (e.g. [shop_id, \"title:1\"]), "
-                        f"not {names!r}")
+        raise DataError(f'config blend.stack.groups: a list of group specs (e.g. [shop_id, "title:1"]), not {names!r}')
     names = list(names or [])
     if not names:
         return None, None
@@ -366,11 +445,13 @@ def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
     def values(name):
         col, _, words = name.partition(":")
         if any(col not in f.columns for f in frames) or (words and not words.isdigit()):
-            raise DataError(f"config blend.stack.groups: {name!r} is not a column, nor column:n (its first n "
-                            f"words), nor a*b of those; columns: {', '.join(frames[0].columns)}")
+            raise DataError(
+                f"config blend.stack.groups: {name!r} is not a column, nor column:n (its first n "
+                f"words), nor a*b of those; columns: {', '.join(frames[0].columns)}"
+            )
         v = pd.concat([f[col] for f in frames], ignore_index=True)
         if words:
-            v = v.fillna("").astype(str).str.lower().str.findall(r"\w+").str[:int(words)].str.join(" ")
+            v = v.fillna("").astype(str).str.lower().str.findall(r"\w+").str[: int(words)].str.join(" ")
             v = v.where(v != "")
         return v
 
@@ -380,5 +461,5 @@ def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
         for p in parts[1:]:
             joint = joint + "\x1f" + p.astype("string")  # NA in any part: NA
         codes, _ = pd.factorize(joint, use_na_sentinel=True)
-        out[0][:, j], out[1][:, j] = codes[:len(frames[0])], codes[len(frames[0]):]
+        out[0][:, j], out[1][:, j] = codes[: len(frames[0])], codes[len(frames[0]) :]
     return out[0], out[1]

@@ -6,6 +6,7 @@
 `validate_submission` runs on every write and as `make validate-sub SUB=...`: every test id
 exactly once, no extra ids, only category ids seen in train.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,7 @@ def read_submission(path) -> pd.DataFrame:
         df = df.rename(columns={PRED: TARGET})
     missing = [c for c in (ID, TARGET) if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (expected product_id and category_id "
-                        f"or {PRED})")
+        raise DataError(f"{path}: missing column(s) {missing} (expected product_id and category_id or {PRED})")
     return df[[ID, TARGET]]
 
 
@@ -64,8 +64,12 @@ def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     sub.to_csv(folder / f"{name}.csv", index=False)
     sub.rename(columns={TARGET: PRED}).to_parquet(folder / f"{name}.parquet", index=False)
-    log.info("submission: %s (%d rows, %d distinct categories) + .parquet", folder / f"{name}.csv", len(sub),
-             sub[TARGET].nunique())
+    log.info(
+        "submission: %s (%d rows, %d distinct categories) + .parquet",
+        folder / f"{name}.csv",
+        len(sub),
+        sub[TARGET].nunique(),
+    )
     return folder / f"{name}.csv"
 
 
@@ -81,7 +85,8 @@ def score_submission(sub_path, solution_path) -> dict:
 
     sub = read_submission(sub_path)
     sol = read_submission(solution_path)
-    validate_submission(sub, sol[ID].to_numpy(), np.unique(sol[TARGET]).tolist() + sub[TARGET].unique().tolist(),
-                        str(sub_path))
+    validate_submission(
+        sub, sol[ID].to_numpy(), np.unique(sol[TARGET]).tolist() + sub[TARGET].unique().tolist(), str(sub_path)
+    )
     merged = sol.merge(sub, on=ID, suffixes=("_true", "_pred"))
     return scores(merged[f"{TARGET}_true"].to_numpy(), merged[f"{TARGET}_pred"].to_numpy())

@@ -3,6 +3,7 @@
 Enabled by `tracking.wandb: true`. `tracking.mode: offline` (the default) writes the run under
 `{out_dir}/wandb/` with no network; `wandb sync` uploads it later. Online mode needs a login.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,12 +19,19 @@ def log_run(cfg: dict, metrics: dict, report_dir: Path) -> str | None:
         return None
     import wandb
 
-    run = wandb.init(project=tcfg.get("project", "smart-product"), name=tcfg.get("name") or cfg.get("name"),
-                     mode=tcfg.get("mode", "offline"), dir=str(Path(cfg["out_dir"])), config=cfg,
-                     reinit="finish_previous")
+    run = wandb.init(
+        project=tcfg.get("project", "smart-product"),
+        name=tcfg.get("name") or cfg.get("name"),
+        mode=tcfg.get("mode", "offline"),
+        dir=str(Path(cfg["out_dir"])),
+        config=cfg,
+        reinit="finish_previous",
+    )
     for head, m in metrics.items():
         for f in m["folds"]:
-            run.log({f"{head}/fold": f["fold"], **{f"{head}/{k}": f[k] for k in ("weighted_f1", "macro_f1", "accuracy")}})
+            run.log(
+                {f"{head}/fold": f["fold"], **{f"{head}/{k}": f[k] for k in ("weighted_f1", "macro_f1", "accuracy")}}
+            )
         for k, v in m["overall"].items():
             run.summary[f"{head}/oof_{k}"] = v
     for png in sorted(Path(report_dir).glob("*.png")):

@@ -17,6 +17,7 @@
 
 The level-2 model over the heads' OOF probabilities (stacking) sits beside the blend: stack.py.
 """
+
 from __future__ import annotations
 
 from .common import BlockStacker, scores
@@ -30,6 +31,24 @@ from .stage import train_heads
 from .trees import CatBoostHead
 from .tune import tune_head
 
-__all__ = ["HEADS", "make_head", "run_head", "train_heads", "tune_head", "head_configs", "head_names", "scores",
-           "BlockStacker", "LinearHead", "LogRegHead", "NaiveBayesHead", "MLPHead", "KnnHead", "LfdaKnnHead", "ListingHead", "SoftmaxHead",
-           "CatBoostHead", "make_lfda"]
+__all__ = [
+    "HEADS",
+    "make_head",
+    "run_head",
+    "train_heads",
+    "tune_head",
+    "head_configs",
+    "head_names",
+    "scores",
+    "BlockStacker",
+    "LinearHead",
+    "LogRegHead",
+    "NaiveBayesHead",
+    "MLPHead",
+    "KnnHead",
+    "LfdaKnnHead",
+    "ListingHead",
+    "SoftmaxHead",
+    "CatBoostHead",
+    "make_lfda",
+]

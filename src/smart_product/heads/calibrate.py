@@ -8,6 +8,7 @@
   (Menon et al., 2021, post-hoc form). It moves decisions towards rare classes; weighted F1
   rewards frequent ones, so tau is a config choice made on OOF (the bench's ablation prints it).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,7 @@ def logit_adjusted(P: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
     """P / prior^tau, renormalised (tau = 0: unchanged)."""
     if not tau:
         return P
-    out = P * (prior ** -tau).astype(np.float32)
+    out = P * (prior**-tau).astype(np.float32)
     return (out / np.maximum(out.sum(1, keepdims=True), EPS)).astype(np.float32)
 
 

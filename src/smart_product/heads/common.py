@@ -1,4 +1,5 @@
 """What every head shares: the inner split, the class-column expansion, the block stacker, scores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,12 @@ class BlockStacker:
     def fit(self, blocks):
         from scipy import sparse
 
-        self.scales = [(None, None) if sparse.issparse(b) else
-                       (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6)) for b in blocks]
+        self.scales = [
+            (None, None)
+            if sparse.issparse(b)
+            else (b.mean(0), self.dense_weight / np.sqrt(b.shape[1]) / (b.std(0) + 1e-6))
+            for b in blocks
+        ]
         return self
 
     def transform(self, blocks):
@@ -44,16 +49,19 @@ class BlockStacker:
 
         if len(blocks) != len(self.scales):
             raise DataError(f"{len(blocks)} feature blocks, fit on {len(self.scales)}")
-        out = [b if mean is None else sparse.csr_matrix(((b - mean) * scale).astype(np.float32))
-               for b, (mean, scale) in zip(blocks, self.scales)]
+        out = [
+            b if mean is None else sparse.csr_matrix(((b - mean) * scale).astype(np.float32))
+            for b, (mean, scale) in zip(blocks, self.scales)
+        ]
         return sparse.hstack(out).tocsr().astype(np.float32)
 
 
 def scores(y_true, y_pred) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
 
-    return {"weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y_true, y_pred)), "rows": int(len(y_true))}
-
-
+    return {
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "rows": int(len(y_true)),
+    }

@@ -1,4 +1,5 @@
 """The head kinds by name (`kind:` in a config's heads) and `make_head`."""
+
 from __future__ import annotations
 
 from ..data import DataError
@@ -8,9 +9,17 @@ from .neighbours import KnnHead, LfdaKnnHead, ListingHead
 from .softmax import SoftmaxHead
 from .trees import CatBoostHead
 
-HEADS = {"logreg": LogRegHead, "linear": LinearHead, "softmax": SoftmaxHead, "catboost": CatBoostHead,
-         "mlp": MLPHead, "lfda_knn": LfdaKnnHead, "knn": KnnHead, "listing": ListingHead,
-         "nb": NaiveBayesHead}
+HEADS = {
+    "logreg": LogRegHead,
+    "linear": LinearHead,
+    "softmax": SoftmaxHead,
+    "catboost": CatBoostHead,
+    "mlp": MLPHead,
+    "lfda_knn": LfdaKnnHead,
+    "knn": KnnHead,
+    "listing": ListingHead,
+    "nb": NaiveBayesHead,
+}
 
 
 def make_head(kind: str, params: dict | None, seed: int = 0):

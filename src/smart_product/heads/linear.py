@@ -1,5 +1,6 @@
 """Linear heads: `logreg` (dense, scaled, multinomial LogisticRegression) and `linear` (feature
 blocks: sparse TF-IDF as is + scaled dense embeddings -> LogisticRegression or one-vs-rest LinearSVC)."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,9 @@ class LogRegHead:
         from sklearn.preprocessing import StandardScaler
 
         self.n_classes = n_classes
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter,
-                                                                        random_state=self.seed))
+        self.model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lbfgs convergence warnings at max_iter
             self.model.fit(X, y)
@@ -40,10 +42,18 @@ class LogRegHead:
 
 class LinearHead:
     """LogisticRegression or one-vs-rest LinearSVC over feature blocks (see BlockStacker)."""
+
     blocks = True
 
-    def __init__(self, C: float = 10.0, max_iter: int = 1000, dense_weight: float = 0.5, solver: str = "lbfgs",
-                 class_weight: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        C: float = 10.0,
+        max_iter: int = 1000,
+        dense_weight: float = 0.5,
+        solver: str = "lbfgs",
+        class_weight: str | None = None,
+        seed: int = 0,
+    ):
         """solver: lbfgs (multinomial LogisticRegression) or svm (one-vs-rest LinearSVC, liblinear:
         much faster with many classes and rows; probabilities = softmax of the decision scores).
         class_weight: None or "balanced" (a long-tail option, sklearn's: for lbfgs each class's rows
@@ -66,8 +76,9 @@ class LinearHead:
             svc = LinearSVC(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight, random_state=self.seed)
             self.model = OneVsRestClassifier(svc, n_jobs=n_cpus()) if n_classes > 2 else svc
         else:
-            self.model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                            random_state=self.seed)
+            self.model = LogisticRegression(
+                C=self.C, max_iter=self.max_iter, class_weight=self.class_weight, random_state=self.seed
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model.fit(self.stacker.transform(blocks), y)
@@ -97,6 +108,7 @@ class NaiveBayesHead:
     + the class's log prior. Probabilities: softmax(X @ w.T / temperature) per row; `calibrate:
     true` refines the temperature on an inner split. Dense blocks (which may be negative) are refused;
     tests/test_heads.py checks the scores against sklearn's ComplementNB and MultinomialNB."""
+
     blocks = True
 
     def __init__(self, alpha: float = 0.3, variant: str = "complement", temperature: float = 1.0, seed: int = 0):
@@ -111,8 +123,10 @@ class NaiveBayesHead:
         from scipy import sparse
 
         if not all(sparse.issparse(b) for b in blocks):
-            raise DataError("heads (nb): naive Bayes takes sparse non-negative blocks (TF-IDF) only; "
-                            "list no dense feature set for it")
+            raise DataError(
+                "heads (nb): naive Bayes takes sparse non-negative blocks (TF-IDF) only; "
+                "list no dense feature set for it"
+            )
         X = sparse.hstack(blocks).tocsr().astype(np.float32)
         if X.nnz and X.data.min() < 0:
             raise DataError("heads (nb): a feature block has negative values; naive Bayes needs counts or TF-IDF")
@@ -125,7 +139,7 @@ class NaiveBayesHead:
         self.n_classes, self.classes_ = n_classes, np.unique(y)
         k = np.searchsorted(self.classes_, y)
         Y = sparse.csr_matrix((np.ones(len(y), np.float32), (k, np.arange(len(y)))), shape=(len(self.classes_), len(y)))
-        W = np.asarray((Y @ X).todense(), dtype=np.float32)        # n[c, f]: classes x features
+        W = np.asarray((Y @ X).todense(), dtype=np.float32)  # n[c, f]: classes x features
         if self.variant == "complement":
             np.subtract(W.sum(0, keepdims=True) + self.alpha, W, out=W)
             W /= W.sum(1, keepdims=True)
@@ -144,4 +158,6 @@ class NaiveBayesHead:
         return np.asarray(self._stack(blocks) @ self.W.T) + self.bias
 
     def predict_proba(self, blocks):
-        return _expand(_softmax_rows(self.joint_log_likelihood(blocks) / self.temperature), self.classes_, self.n_classes)
+        return _expand(
+            _softmax_rows(self.joint_log_likelihood(blocks) / self.temperature), self.classes_, self.n_classes
+        )

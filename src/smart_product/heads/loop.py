@@ -21,6 +21,7 @@ test_ids.npy, metrics.json (per fold + overall), config.json (the head config it
 test_folds.npy (K x n_test x n_classes float16, each fold model's test probabilities: the blend's
 stacker scores them fold by fold, as it scored the OOF rows, and pseudo-label rounds read them).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,9 @@ import numpy as np
 from ..data import ID, TARGET, DataError, label_array, load_split
 from ..features import load_features
 from ..folds import NEVER, load_folds
-from .kinds import HEADS, make_head
 from .calibrate import class_prior, fit_temperature, log_loss, logit_adjusted, tempered
 from .common import _inner_split, scores
+from .kinds import HEADS, make_head
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ def _head_input(cfg, name, hcfg, fold, tr_ids, te_ids):
         return load_features(cfg, hcfg["features"], fold, tr_ids, te_ids, blocks=True)
     Xtr, Xte = load_features(cfg, hcfg["features"], fold, tr_ids, te_ids)
     if not isinstance(Xtr, np.ndarray):
-        raise DataError(f"config heads.{name}: kind {kind} needs dense features, but {hcfg['features']} "
-                        f"include a sparse set; use kind linear, or tfidf (SVD) instead")
+        raise DataError(
+            f"config heads.{name}: kind {kind} needs dense features, but {hcfg['features']} "
+            f"include a sparse set; use kind linear, or tfidf (SVD) instead"
+        )
     return Xtr, Xte
 
 
@@ -113,9 +116,18 @@ def fold_key(cfg: dict, hcfg: dict, params: dict, fold: int, pseudo_fold=None) -
             meta = root / "features" / f / "meta.json"  # a skipped set's marker
         feat_keys.append(json.loads(meta.read_text()).get("key") if meta.is_file() else None)
     folds = root / "folds" / "folds.csv"
-    return config_hash({"head": hcfg, "params": params, "seed": cfg.get("seed", 0), "k": cfg.get("folds", {}).get("k"),
-                        "features": feat_keys, "folds": folds.read_text() if folds.is_file() else None,
-                        "fold": fold, "pseudo": pseudo_fold})
+    return config_hash(
+        {
+            "head": hcfg,
+            "params": params,
+            "seed": cfg.get("seed", 0),
+            "k": cfg.get("folds", {}).get("k"),
+            "features": feat_keys,
+            "folds": folds.read_text() if folds.is_file() else None,
+            "fold": fold,
+            "pseudo": pseudo_fold,
+        }
+    )
 
 
 def _pseudo_fold(pseudo, fold):
@@ -146,9 +158,17 @@ def _write_fold(folder: Path, key: str, P_val, P_te, m: dict) -> None:
     (folder / "metrics.json").write_text(json.dumps({**m, "key": key}, indent=2, default=str))
 
 
-def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None, write: bool = True,
-             force: bool = False, pseudo: dict | None = None, out_name: str | None = None,
-             fold_job: int | None = None) -> dict:
+def run_head(
+    cfg: dict,
+    name: str,
+    params: dict | None = None,
+    folds_to_run=None,
+    write: bool = True,
+    force: bool = False,
+    pseudo: dict | None = None,
+    out_name: str | None = None,
+    fold_job: int | None = None,
+) -> dict:
     """Fit head `name` on every fold; write oof/{out_name or name}/; return its metrics.
 
     `params` overrides the config's params (tuning); `folds_to_run` limits the folds (tuning).
@@ -194,8 +214,10 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     else:  # the head's key: its folds' keys (config, the feature files each fold reads, the folds, pseudo-labels)
         from ..config import config_hash
 
-        fold_keys = {str(f): fold_key(cfg, hcfg, params, f, _pseudo_fold(pseudo, f))
-                     for f in [*range(k), *([-1] if full_fit else [])]}
+        fold_keys = {
+            str(f): fold_key(cfg, hcfg, params, f, _pseudo_fold(pseudo, f))
+            for f in [*range(k), *([-1] if full_fit else [])]
+        }
         key = config_hash(fold_keys)
         if stored and folds_to_run is None and stored.get("key") == key and (out / "test_folds.npy").is_file():
             log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", out_name)
@@ -239,11 +261,25 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
             m.update(temperature=round(T, 4), logloss_raw=round(ll_raw, 5))
         P_val, P_te = np.asarray(P_val, np.float32), np.asarray(P_te, np.float32)
         m.update(scores(y[val_rows], P_val.argmax(1)))
-        m.update(fold=fold, seconds=round(time.time() - t0, 2), fit_rows=int(fit_rows.sum()), pseudo_rows=n_pseudo,
-                 logloss=round(log_loss(P_val, y[val_rows]), 5), best_iteration=getattr(model, "best_iteration", None))
-        log.info("%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)%s", out_name, fold,
-                 m["weighted_f1"], m["macro_f1"], m["accuracy"], m["rows"], m["seconds"],
-                 f", log loss {m['logloss_raw']:.4f} -> {m['logloss']:.4f} at T={m['temperature']:.3f}" if calibrate else "")
+        m.update(
+            fold=fold,
+            seconds=round(time.time() - t0, 2),
+            fit_rows=int(fit_rows.sum()),
+            pseudo_rows=n_pseudo,
+            logloss=round(log_loss(P_val, y[val_rows]), 5),
+            best_iteration=getattr(model, "best_iteration", None),
+        )
+        log.info(
+            "%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)%s",
+            out_name,
+            fold,
+            m["weighted_f1"],
+            m["macro_f1"],
+            m["accuracy"],
+            m["rows"],
+            m["seconds"],
+            f", log loss {m['logloss_raw']:.4f} -> {m['logloss']:.4f} at T={m['temperature']:.3f}" if calibrate else "",
+        )
         return P_val, P_te, m
 
     if fold_job is not None:
@@ -283,16 +319,36 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
     overall = scores(y[has], oof[has].argmax(1))
     overall["logloss"] = round(log_loss(oof[has], y[has]), 5)
     if calibrate:
-        overall["logloss_raw"] = round(float(np.average([m["logloss_raw"] for m in per_fold],
-                                                        weights=[m["rows"] for m in per_fold])), 5)
+        overall["logloss_raw"] = round(
+            float(np.average([m["logloss_raw"] for m in per_fold], weights=[m["rows"] for m in per_fold])), 5
+        )
     never = int((fold_of_row == NEVER).sum())
-    metrics = {"head": out_name, "key": key, "fold_keys": fold_keys, "kind": hcfg["kind"], "features": feats,
-               "params": params, "calibrate": calibrate, "logit_adjust": tau, "overall": overall,
-               "folds": per_fold, "never_validated_rows": never, "n_classes": int(n_classes),
-               # fit time: this run's, plus the FOLD=k jobs' for the folds it assembled
-               "seconds": round(time.time() - t_all + reused_s, 2), "folds_from_jobs": reused}
-    log.info("%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows "
-             "excluded)", out_name, overall["weighted_f1"], overall["macro_f1"], overall["accuracy"], overall["rows"], never)
+    metrics = {
+        "head": out_name,
+        "key": key,
+        "fold_keys": fold_keys,
+        "kind": hcfg["kind"],
+        "features": feats,
+        "params": params,
+        "calibrate": calibrate,
+        "logit_adjust": tau,
+        "overall": overall,
+        "folds": per_fold,
+        "never_validated_rows": never,
+        "n_classes": int(n_classes),
+        # fit time: this run's, plus the FOLD=k jobs' for the folds it assembled
+        "seconds": round(time.time() - t_all + reused_s, 2),
+        "folds_from_jobs": reused,
+    }
+    log.info(
+        "%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows excluded)",
+        out_name,
+        overall["weighted_f1"],
+        overall["macro_f1"],
+        overall["accuracy"],
+        overall["rows"],
+        never,
+    )
     if write:
         import shutil
 
@@ -305,8 +361,11 @@ def run_head(cfg: dict, name: str, params: dict | None = None, folds_to_run=None
         np.save(out / "test_ids.npy", te_ids)
         if test_folds is not None:
             np.save(out / "test_folds.npy", test_folds)
-        (out / "config.json").write_text(json.dumps({"head": hcfg, "params": params, "seed": seed,
-                                                     "data_dir": cfg["data_dir"]}, indent=2, default=str))
+        (out / "config.json").write_text(
+            json.dumps(
+                {"head": hcfg, "params": params, "seed": seed, "data_dir": cfg["data_dir"]}, indent=2, default=str
+            )
+        )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
             shutil.rmtree(f, ignore_errors=True)

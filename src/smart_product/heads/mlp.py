@@ -1,4 +1,5 @@
 """The `mlp` head: the seed's MLP over dense features, early stopping on an inner split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +10,23 @@ from .common import _inner_split
 class MLPHead:
     """The seed's MLP head; early stopping on an inner split (best epoch's weights are kept)."""
 
-    def __init__(self, hidden=(1024, 512, 256), dropout: float = 0.5, lr: float = 1e-3, batch_size: int = 4096,
-                 max_epochs: int = 200, patience: int = 15, step_size: int = 30, gamma: float = 0.5,
-                 oversample_to: int = 16, class_weights: bool = False, label_smoothing: float = 0.0,
-                 weight_decay: float = 0.0, inner_frac: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        hidden=(1024, 512, 256),
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        batch_size: int = 4096,
+        max_epochs: int = 200,
+        patience: int = 15,
+        step_size: int = 30,
+        gamma: float = 0.5,
+        oversample_to: int = 16,
+        class_weights: bool = False,
+        label_smoothing: float = 0.0,
+        weight_decay: float = 0.0,
+        inner_frac: float = 0.1,
+        seed: int = 0,
+    ):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -31,8 +45,11 @@ class MLPHead:
         fit, val = _inner_split(y, self.inner_frac, self.seed)
         idx = np.flatnonzero(fit)
         if self.oversample_to:  # classes oversampled to `oversample_to` rows
-            extra = [rng.choice(idx[y[idx] == c], self.oversample_to - n) for c, n in
-                     zip(*np.unique(y[idx], return_counts=True)) if n < self.oversample_to]
+            extra = [
+                rng.choice(idx[y[idx] == c], self.oversample_to - n)
+                for c, n in zip(*np.unique(y[idx], return_counts=True))
+                if n < self.oversample_to
+            ]
             idx = np.concatenate([idx, *extra]) if extra else idx
         layers, d = [], X.shape[1]
         for h in self.hidden:
@@ -52,11 +69,11 @@ class MLPHead:
         # the seed's batch of 4096 is for ~90k rows; keep >= ~32 steps per epoch on smaller data
         # (at 35k rows a 4,096 batch gave 7 steps an epoch: undertrained, OOF 0.936 vs 0.974 at 512)
         bs = min(self.batch_size, max(256, len(idx) // 32))
-        for epoch in range(self.max_epochs):
+        for epoch in range(self.max_epochs):  # noqa: B007  (read after the loop: best_iteration)
             self.net.train()
             perm = torch.tensor(rng.permutation(idx), device=dev)
             for b in range(0, len(perm), bs):
-                sel = perm[b:b + bs]
+                sel = perm[b : b + bs]
                 if len(sel) < 2:
                     continue
                 loss = loss_fn(self.net(Xt[sel]), yt[sel])
@@ -90,5 +107,3 @@ class MLPHead:
         Xs = torch.tensor(((X - self.mean) / self.std).astype(np.float32), device=dev)
         with torch.no_grad():
             return torch.softmax(self.net(Xs), 1).cpu().numpy().astype(np.float32)
-
-

@@ -1,6 +1,7 @@
 """Neighbour heads: `lfda_knn` (the seed's imbalanced-learn + metric-learn pipeline), `knn`
 (cosine neighbours over sparse TF-IDF and/or embeddings: a head that recognises listings it has seen)
 and `listing` (the same shop's listings nearest in product id: sellers list in batches)."""
+
 from __future__ import annotations
 
 import warnings
@@ -18,8 +19,9 @@ def _stable_eigh(a, b, dim):
     n = a.shape[0]
     for ridge in (0.0, 1e-6, 1e-4, 1e-2, 1.0):  # a singular within-class scatter (few rows a class): regularise
         try:
-            vals, vecs = eigh(a, b + ridge * max(np.trace(b) / n, 1e-12) * np.eye(n),
-                              subset_by_index=[max(0, n - dim), n - 1])
+            vals, vecs = eigh(
+                a, b + ridge * max(np.trace(b) / n, 1e-12) * np.eye(n), subset_by_index=[max(0, n - dim), n - 1]
+            )
             break
         except np.linalg.LinAlgError:
             if ridge == 1.0:
@@ -47,8 +49,16 @@ def make_lfda(**kw):
 class LfdaKnnHead:
     """RandomOverSampler -> [RandomUnderSampler] -> (scaler, PCA) -> LFDA -> kNN, the seed's pipeline."""
 
-    def __init__(self, min_count: int = 8, max_count: int | None = None, pca_dim: int = 128,
-                 n_components: int = 48, lfda_k: int = 7, n_neighbors: int = 15, seed: int = 0):
+    def __init__(
+        self,
+        min_count: int = 8,
+        max_count: int | None = None,
+        pca_dim: int = 128,
+        n_components: int = 48,
+        lfda_k: int = 7,
+        n_neighbors: int = 15,
+        seed: int = 0,
+    ):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -62,16 +72,31 @@ class LfdaKnnHead:
 
         self.n_classes = n_classes
         counts = dict(zip(*np.unique(y, return_counts=True)))
-        steps = [("over", RandomOverSampler(
-            sampling_strategy={c: max(n, self.min_count) for c, n in counts.items()}, random_state=self.seed))]
+        steps = [
+            (
+                "over",
+                RandomOverSampler(
+                    sampling_strategy={c: max(n, self.min_count) for c, n in counts.items()}, random_state=self.seed
+                ),
+            )
+        ]
         if self.max_count:
-            steps.append(("under", RandomUnderSampler(
-                sampling_strategy={c: min(max(n, self.min_count), self.max_count) for c, n in counts.items()},
-                random_state=self.seed)))
+            steps.append(
+                (
+                    "under",
+                    RandomUnderSampler(
+                        sampling_strategy={c: min(max(n, self.min_count), self.max_count) for c, n in counts.items()},
+                        random_state=self.seed,
+                    ),
+                )
+            )
         dim = min(self.pca_dim, X.shape[1], len(X) - 1)
-        steps += [("scale", StandardScaler()), ("pca", PCA(dim, random_state=self.seed)),
-                  ("lfda", make_lfda(n_components=min(self.n_components, dim), k=self.lfda_k)),
-                  ("knn", KNeighborsClassifier(self.n_neighbors, weights="distance"))]
+        steps += [
+            ("scale", StandardScaler()),
+            ("pca", PCA(dim, random_state=self.seed)),
+            ("lfda", make_lfda(n_components=min(self.n_components, dim), k=self.lfda_k)),
+            ("knn", KNeighborsClassifier(self.n_neighbors, weights="distance")),
+        ]
         self.model = Pipeline(steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -80,8 +105,6 @@ class LfdaKnnHead:
 
     def predict_proba(self, X):
         return _expand(self.model.predict_proba(X), self.model.classes_, self.n_classes)
-
-
 
 
 class KnnHead:
@@ -94,10 +117,18 @@ class KnnHead:
     so an exact duplicate (cos 1) outweighs a handful of looser matches, and a row with no
     neighbour at all (no shared TF-IDF term) gets the prior. Sparse inputs use sparse_dot_topn's multi-threaded
     top-n product; dense ones a chunked matrix product."""
+
     blocks = True
 
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.05, alpha: float = 0.01,
-                 dense_weight: float = 0.5, chunk: int = 4096, seed: int = 0):
+    def __init__(
+        self,
+        n_neighbors: int = 20,
+        temperature: float = 0.05,
+        alpha: float = 0.01,
+        dense_weight: float = 0.5,
+        chunk: int = 4096,
+        seed: int = 0,
+    ):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -131,12 +162,12 @@ class KnnHead:
         idx = np.full((n, kk), -1, np.int64)
         sim = np.zeros((n, kk), np.float32)
         for s in range(0, n, self.chunk):
-            q = Q[s:s + self.chunk]
+            q = Q[s : s + self.chunk]
             if self.dense:
                 S = q.toarray() @ self.Xd.T
                 top = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-                idx[s:s + len(S)] = top
-                sim[s:s + len(S)] = np.take_along_axis(S, top, 1)
+                idx[s : s + len(S)] = top
+                sim[s : s + len(S)] = np.take_along_axis(S, top, 1)
                 continue
             from sparse_dot_topn import sp_matmul_topn
 
@@ -170,16 +201,19 @@ class ListingHead:
 
     def __init__(self, n_neighbors: int = 1, alpha: float = 0.5, seed: int = 0):
         if int(n_neighbors) < 1 or float(alpha) <= 0:
-            raise DataError(f"config heads (listing): n_neighbors must be >= 1 and alpha > 0, not "
-                            f"{n_neighbors} and {alpha}")
+            raise DataError(
+                f"config heads (listing): n_neighbors must be >= 1 and alpha > 0, not {n_neighbors} and {alpha}"
+            )
         self.n_neighbors, self.alpha, self.seed = int(n_neighbors), float(alpha), seed
 
     @staticmethod
     def _keys(X):
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != 2:
-            raise DataError(f"listing head: needs the listing feature set alone (shop code, id rank), got "
-                            f"{X.shape[1] if X.ndim == 2 else X.ndim} columns")
+            raise DataError(
+                f"listing head: needs the listing feature set alone (shop code, id rank), got "
+                f"{X.shape[1] if X.ndim == 2 else X.ndim} columns"
+            )
         shop, rank = X[:, 0].astype(np.int64), X[:, 1].astype(np.int64)
         return shop, rank, shop << 32 | rank
 

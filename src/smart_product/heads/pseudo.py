@@ -9,6 +9,7 @@ test rows labelled by earlier fold-k models), so fold k's labels never reach fol
 (DESIGN.md's fold rule, one level up); never a blend, whose weights saw every fold's labels.
 Test probabilities of a round are the mean of its K fold models.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,7 @@ def _source_test_probs(out_dir, source: str, fold: int | None):
     if not f.is_file():
         raise DataError(f"{f}: missing (pseudo-label sources keep each fold model's test probabilities)")
     P = np.load(f, mmap_mode="r")
-    return np.asarray(P if fold is None else P[fold:fold + 1]).astype(np.float32)
+    return np.asarray(P if fold is None else P[fold : fold + 1]).astype(np.float32)
 
 
 def fold_pseudo_labels(out_dir, sources: list[str], threshold: float, fold: int | None = None) -> dict:
@@ -83,16 +84,27 @@ def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False, fold: int | No
         if fold is None and len(labels) != k:
             raise DataError(f"pseudo round {r}: sources {prev} hold {len(labels)} fold models, the folds have {k}")
         n_rows = [int(m.sum()) for m, _ in labels.values()]
-        log.info("pseudo round %d: %s test rows per fold at probability >= %.2f (from %s)", r, n_rows,
-                 pcfg["threshold"], ", ".join(prev))
+        log.info(
+            "pseudo round %d: %s test rows per fold at probability >= %.2f (from %s)",
+            r,
+            n_rows,
+            pcfg["threshold"],
+            ", ".join(prev),
+        )
         for h in pcfg["heads"]:
             name = f"{h}_pl{r}"
             m = run_head(cfg, h, pseudo=labels, out_name=name, force=force, fold_job=fold)
             if fold is None:
                 base = last[h] or results.get(h) or _metrics(cfg, h)
                 gain = m["overall"]["weighted_f1"] - base["overall"]["weighted_f1"]
-                log.info("pseudo round %d: %s OOF weighted F1 %.4f (%+.4f against round %d)", r, name,
-                         m["overall"]["weighted_f1"], gain, r - 1)
+                log.info(
+                    "pseudo round %d: %s OOF weighted F1 %.4f (%+.4f against round %d)",
+                    r,
+                    name,
+                    m["overall"]["weighted_f1"],
+                    gain,
+                    r - 1,
+                )
             results[name], last[h] = m, m
         prev = [f"{h}_pl{r}" for h in pcfg["heads"]]
     return results

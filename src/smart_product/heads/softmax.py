@@ -23,6 +23,7 @@ probabilities: on ozon three 3-epoch nets score 0.8931 OOF against 0.8902 for on
 `optimizer: lbfgs` fits full-batch instead (exact L2; `epochs` = L-BFGS iterations): the same
 optimum as sklearn's LogisticRegression, for small data and for the tests.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,9 +43,11 @@ def _csr_batch(X, rows, dev):
     import torch
 
     Xb = X[rows]
-    return (torch.from_numpy(Xb.indices.astype(np.int64)).to(dev),
-            torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(dev),
-            torch.from_numpy(Xb.data.astype(np.float32)).to(dev))
+    return (
+        torch.from_numpy(Xb.indices.astype(np.int64)).to(dev),
+        torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(dev),
+        torch.from_numpy(Xb.data.astype(np.float32)).to(dev),
+    )
 
 
 class LazyRows:
@@ -87,7 +90,7 @@ class LazyRows:
 
         with torch.no_grad():
             if weight_decay:
-                g.add_(self.bufs[0][:len(u)], alpha=weight_decay)  # W[u], as `select` left it
+                g.add_(self.bufs[0][: len(u)], alpha=weight_decay)  # W[u], as `select` left it
             S = self.state
             if self.optimizer == "adagrad":
                 v = torch.index_select(S[0], 0, u, out=self._buf(1, len(u))).addcmul_(g, g)
@@ -104,13 +107,28 @@ class LazyRows:
 
 class SoftmaxHead:
     """Multinomial logistic regression (hidden=0) or a one-hidden-layer net over feature blocks."""
+
     blocks = True
 
-    def __init__(self, hidden: int = 0, epochs: int = 4, lr: float = 0.5, batch_size: int = 2048,
-                 optimizer: str = "adagrad", label_smoothing: float = 0.0, weight_decay: float = 0.0,
-                 input_dropout: float = 0.0, dropout: float = 0.2, dense_lr: float = 0.003,
-                 dense_weight: float = 0.5, loss: str = "softmax", C: float | None = None,
-                 device: str | None = None, seed: int = 0, bags: int = 1):
+    def __init__(
+        self,
+        hidden: int = 0,
+        epochs: int = 4,
+        lr: float = 0.5,
+        batch_size: int = 2048,
+        optimizer: str = "adagrad",
+        label_smoothing: float = 0.0,
+        weight_decay: float = 0.0,
+        input_dropout: float = 0.0,
+        dropout: float = 0.2,
+        dense_lr: float = 0.003,
+        dense_weight: float = 0.5,
+        loss: str = "softmax",
+        C: float | None = None,
+        device: str | None = None,
+        seed: int = 0,
+        bags: int = 1,
+    ):
         """C: LinearSVC's / LogisticRegression's C; when given, weight_decay = 1 / (C * fit rows), the
         same L2 strength at any catalogue size (with loss squared_hinge: LinearSVC's problem).
         bags: that many models (seeds seed, seed + 1, ...) fit one after the other on the same rows,
@@ -154,8 +172,10 @@ class SoftmaxHead:
         self.members = None
         if self.bags > 1:  # a bag of nets that differ in their seed: init, row order, dropout
             params = {k: getattr(self, k) for k in inspect.signature(SoftmaxHead).parameters}
-            self.members = [SoftmaxHead(**{**params, "bags": 1, "seed": self.seed + i}).fit(blocks, y, n_classes)
-                            for i in range(self.bags)]
+            self.members = [
+                SoftmaxHead(**{**params, "bags": 1, "seed": self.seed + i}).fit(blocks, y, n_classes)
+                for i in range(self.bags)
+            ]
             self.log = [e for m in self.members for e in m.log]
             self.best_iteration, self.seconds = self.epochs, round(sum(m.seconds for m in self.members), 1)
             return self
@@ -197,7 +217,7 @@ class SoftmaxHead:
             total = 0.0
             perm = rng.permutation(len(y))
             for s in range(0, len(y), bs):
-                rows = np.sort(perm[s:s + bs])
+                rows = np.sort(perm[s : s + bs])
                 idx, off, val = _csr_batch(X, rows, dev)
                 if self.input_dropout:
                     keep = torch.rand(val.shape, device=dev) >= self.input_dropout
@@ -231,8 +251,15 @@ class SoftmaxHead:
             self.out.eval()  # no dropout: L-BFGS needs a deterministic loss
         idx, off, val = _csr_batch(X, np.arange(X.shape[0]), dev)
         self.W.requires_grad_()
-        opt = torch.optim.LBFGS([self.W] + dense, lr=1, max_iter=self.epochs, history_size=10,
-                                tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [self.W] + dense,
+            lr=1,
+            max_iter=self.epochs,
+            history_size=10,
+            tolerance_grad=1e-7,
+            tolerance_change=1e-10,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             opt.zero_grad(set_to_none=True)

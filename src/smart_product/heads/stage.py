@@ -1,5 +1,6 @@
 """The `train` stage (`train_heads`): every enabled head through the fold loop (loop.py), then the
 pseudo-label rounds (pseudo.py), which refit heads through the same loop."""
+
 from __future__ import annotations
 
 import logging

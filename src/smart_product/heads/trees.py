@@ -1,4 +1,5 @@
 """The `catboost` head: scaler -> PCA (or PCA -> LFDA, fit on the inner-fit rows) -> CatBoost MultiClass."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,9 +28,19 @@ def _reducer(kind: str, X, dim: int, seed: int):
 
 
 class CatBoostHead:
-    def __init__(self, reduce: str = "pca", dim: int = 64, iterations: int = 1000, learning_rate: float = 0.1,
-                 depth: int = 6, early_stopping_rounds: int = 50, inner_frac: float = 0.1,
-                 l2_leaf_reg: float = 3.0, border_count: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        reduce: str = "pca",
+        dim: int = 64,
+        iterations: int = 1000,
+        learning_rate: float = 0.1,
+        depth: int = 6,
+        early_stopping_rounds: int = 50,
+        inner_frac: float = 0.1,
+        l2_leaf_reg: float = 3.0,
+        border_count: int | None = None,
+        seed: int = 0,
+    ):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -45,18 +56,28 @@ class CatBoostHead:
         Z = self.reducer.transform(X)
         gpu = torch.cuda.is_available()
         self.model = CatBoostClassifier(
-            loss_function="MultiClass", iterations=self.iterations, learning_rate=self.learning_rate,
-            depth=self.depth, l2_leaf_reg=self.l2_leaf_reg, random_seed=self.seed, verbose=0,
+            loss_function="MultiClass",
+            iterations=self.iterations,
+            learning_rate=self.learning_rate,
+            depth=self.depth,
+            l2_leaf_reg=self.l2_leaf_reg,
+            random_seed=self.seed,
+            verbose=0,
             **({"border_count": int(self.border_count)} if self.border_count else {}),
-            thread_count=n_cpus(), task_type="GPU" if gpu else "CPU", class_names=list(range(n_classes)),
-            allow_writing_files=False)
-        self.model.fit(Z[fit], y[fit], eval_set=(Z[val], y[val]) if val.any() else None,
-                       early_stopping_rounds=self.early_stopping_rounds if val.any() else None)
+            thread_count=n_cpus(),
+            task_type="GPU" if gpu else "CPU",
+            class_names=list(range(n_classes)),
+            allow_writing_files=False,
+        )
+        self.model.fit(
+            Z[fit],
+            y[fit],
+            eval_set=(Z[val], y[val]) if val.any() else None,
+            early_stopping_rounds=self.early_stopping_rounds if val.any() else None,
+        )
         self.best_iteration = int(self.model.get_best_iteration() or self.iterations)
         self.inner_val = val  # the early-stopping rows (calibration reuses them)
         return self
 
     def predict_proba(self, X):
         return self.model.predict_proba(self.reducer.transform(X)).astype(np.float32)
-
-

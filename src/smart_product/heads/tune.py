@@ -1,4 +1,5 @@
 """Optuna search of one head's params on OOF weighted F1 (`make tune HEAD=name`)."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,23 @@ log = logging.getLogger(__name__)
 
 SEARCH_SPACES = {
     "logreg": lambda t: {"C": t.suggest_float("C", 1e-3, 10, log=True)},
-    "mlp": lambda t: {"dropout": t.suggest_float("dropout", 0.1, 0.6),
-                      "lr": t.suggest_float("lr", 1e-4, 3e-3, log=True),
-                      "label_smoothing": t.suggest_float("label_smoothing", 0.0, 0.2),
-                      "oversample_to": t.suggest_categorical("oversample_to", [0, 8, 16, 32])},
-    "catboost": lambda t: {"dim": t.suggest_int("dim", 16, 96, step=16),
-                           "depth": t.suggest_int("depth", 3, 8),
-                           "learning_rate": t.suggest_float("learning_rate", 0.03, 0.3, log=True),
-                           "l2_leaf_reg": t.suggest_float("l2_leaf_reg", 1, 10, log=True)},
-    "lfda_knn": lambda t: {"n_components": t.suggest_int("n_components", 16, 96, step=16),
-                           "n_neighbors": t.suggest_int("n_neighbors", 3, 30),
-                           "min_count": t.suggest_categorical("min_count", [2, 4, 8, 16])},
+    "mlp": lambda t: {
+        "dropout": t.suggest_float("dropout", 0.1, 0.6),
+        "lr": t.suggest_float("lr", 1e-4, 3e-3, log=True),
+        "label_smoothing": t.suggest_float("label_smoothing", 0.0, 0.2),
+        "oversample_to": t.suggest_categorical("oversample_to", [0, 8, 16, 32]),
+    },
+    "catboost": lambda t: {
+        "dim": t.suggest_int("dim", 16, 96, step=16),
+        "depth": t.suggest_int("depth", 3, 8),
+        "learning_rate": t.suggest_float("learning_rate", 0.03, 0.3, log=True),
+        "l2_leaf_reg": t.suggest_float("l2_leaf_reg", 1, 10, log=True),
+    },
+    "lfda_knn": lambda t: {
+        "n_components": t.suggest_int("n_components", 16, 96, step=16),
+        "n_neighbors": t.suggest_int("n_neighbors", 3, 30),
+        "min_count": t.suggest_categorical("min_count", [2, 4, 8, 16]),
+    },
 }
 
 
@@ -41,15 +48,21 @@ def tune_head(cfg: dict, name: str, n_trials: int = 20, folds_to_run=None) -> di
         raise DataError(f"no search space for head kind {hcfg['kind']!r}")
     out = Path(cfg["out_dir"]) / "oof" / name
     out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}", load_if_exists=True,
-                                direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=int(cfg.get("seed", 0))))
+    study = optuna.create_study(
+        study_name=name,
+        storage=f"sqlite:///{out / 'optuna.db'}",
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=int(cfg.get("seed", 0))),
+    )
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     todo = max(0, n_trials - done)
     log.info("tune %s: %d trials done, %d to go (study %s)", name, done, todo, out / "optuna.db")
 
     def objective(trial):
-        return run_head(cfg, name, params=space(trial), folds_to_run=folds_to_run, write=False)["overall"]["weighted_f1"]
+        return run_head(cfg, name, params=space(trial), folds_to_run=folds_to_run, write=False)["overall"][
+            "weighted_f1"
+        ]
 
     if todo:
         study.optimize(objective, n_trials=todo)
