@@ -1,0 +1,68 @@
+"""The docs a user reads: every relative link and anchor in README.md and docs/*.md resolves, and
+every `make` target the README names exists in the Makefile."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation out, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"\s", "-", re.sub(r"[^\w\- ]", "", text))
+
+
+def anchors(md: Path) -> set[str]:
+    body = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    return {slug(m) for m in re.findall(r"^#{1,6}\s+(.*)$", body, flags=re.M)}
+
+
+def broken_links(root: Path) -> list[str]:
+    """'file: target' for each relative link (or anchor) that does not resolve."""
+    bad = []
+    for md in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (md.parent / path).resolve() if path else md
+            if not dest.exists():
+                bad.append(f"{md.relative_to(root)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                bad.append(f"{md.relative_to(root)}: {target} (no such heading)")
+    return bad
+
+
+def missing_make_targets(root: Path) -> list[str]:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (root / "Makefile").read_text(), flags=re.M))
+    text = (root / "README.md").read_text()
+    code = re.findall(r"`[^`\n]+`", text) + re.findall(r"^(?: {4}|\t).*$", text, flags=re.M)  # spans, code lines
+    named = {t for c in code for t in re.findall(r"\bmake ([a-z][a-z-]*)", c)}
+    return sorted(named - targets)
+
+
+def test_every_relative_link_and_anchor_resolves():
+    assert broken_links(ROOT) == []
+
+
+def test_every_make_target_the_readme_names_exists():
+    assert missing_make_targets(ROOT) == []
+
+
+def test_the_link_check_fails_on_a_broken_link(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "folds.md").write_text("# Folds\n\n## The policy\n")
+    (tmp_path / "README.md").write_text(
+        "[ok](docs/folds.md#the-policy) [gone](docs/blend.md) [bad anchor](docs/folds.md#no-such) [web](https://x.y)\n"
+        "```\n[in code](nowhere.md)\n```\n"
+    )
+    (tmp_path / "Makefile").write_text("all:\n\ttrue\n")
+    assert broken_links(tmp_path) == [
+        "README.md: docs/blend.md (no such file)",
+        "README.md: docs/folds.md#no-such (no such heading)",
+    ]
+    (tmp_path / "README.md").write_text("`make all`, then to make one:\n\n    make blend\n")
+    assert missing_make_targets(tmp_path) == ["blend"]
