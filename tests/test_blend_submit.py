@@ -201,3 +201,28 @@ def test_string_category_ids_run_end_to_end_and_come_back_as_given(demo_dir, cop
     assert set(sub.category_id) <= set(name.values()) and any(c.startswith("00") for c in sub.category_id)
     assert set(pd.read_parquet(sub_path.with_suffix(".parquet")).predicted_category_id) <= set(name.values())
     assert score_submission(sub_path, data / "solution.csv")["weighted_f1"] > 0.3  # far above chance (60)
+
+
+def test_every_head_keeps_its_fold_models_test_probabilities_and_the_stacker_reads_them(blended):
+    """test_folds.npy holds each fold model's test probabilities (their mean is test.npy where
+    the head averages its folds); the stacked test rows are the mean of the fold stackers'
+    outputs over them; a temperature is applied to each fold model's before the mean."""
+    from smart_product.blend import fold_tempered_test
+    from smart_product.heads.calibrate import tempered
+    from smart_product.report import load_oof
+
+    cfg, metrics, summary = blended
+    for head in metrics:
+        r = load_oof(cfg["out_dir"], head)
+        F = r["test_folds"]
+        assert F.shape == (5, *r["test"].shape) and F.dtype == np.float16
+        assert np.allclose(F.astype(np.float32).mean(0), r["test"], atol=2e-3)  # float16 storage
+        T = 0.5
+        expected = np.mean([tempered(F[k].astype(np.float32), T) for k in range(5)], 0)
+        assert np.allclose(fold_tempered_test(r, T), expected, atol=1e-6)
+        assert not np.allclose(fold_tempered_test(r, T), tempered(r["test"], T), atol=1e-3)  # not of the mean
+    info = (
+        summary["stacker"]
+        or run_blend({**cfg, "blend": {**cfg["blend"], "name": "stacked", "procedures": ["stack_groups"]}})["stacker"]
+    )
+    assert "fold models' test probabilities" in info["test_from"] and len(info["folds"]) == 5
