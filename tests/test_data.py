@@ -117,7 +117,7 @@ def _set(col, row, value):
             "float category ids",
             "train",
             lambda df: df.assign(category_id=df.category_id + 0.5),
-            "column 'category_id': wrong dtype",
+            "column 'category_id': wrong dtype float64 (expected int or str)",
         ),
         ("not json", "train", _set("text_fields", 3, "{title: oops"), "not valid JSON"),
         ("not an object", "test", _set("text_fields", 2, "[1, 2]"), "expected a JSON object, got list"),

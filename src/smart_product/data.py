@@ -268,7 +268,8 @@ def _check_frame(df: pd.DataFrame, path: Path, split: str, problems: _Problems) 
             usable = False
             continue
         if not _is_kind(df[col], kind):
-            problems.add("wrong dtype", f"{path}: column '{col}': wrong dtype {df[col].dtype} (expected {kind})")
+            want = "int or str" if kind == "label" else kind
+            problems.add("wrong dtype", f"{path}: column '{col}': wrong dtype {df[col].dtype} (expected {want})")
             usable = False
     if ID in df.columns and _is_kind(df[ID], "int"):
         dup = df.loc[df[ID].duplicated(keep=False), ID].unique()
