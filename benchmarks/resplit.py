@@ -14,13 +14,16 @@ best head by pseudo-test; per kind the mean and standard deviation over seeds (t
         --kinds grouped random --seeds 0 1 2 [--set "bench.peers=[]" ...] [--collect]
 
 --collect only reads the runs that are there. --blend-only reruns just the blend on runs whose
-heads are there (a changed blend, the same heads) and rescores it into bench/results.json.
+heads are there (a changed blend, the same heads) and rescores it into bench/results.json; with
+--blend-src DIR that blend is another checkout's (DIR = its src/, e.g. a `git worktree` of an older
+commit), so two blends are compared on the same heads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 
-def blend_again(run: Path, config: str, sets: list[str]) -> None:
-    """Rerun the blend of a finished resplit run from its heads' files; rescore it in results.json."""
+def blend_again(run: Path, config: str, sets: list[str], blend_src: Path | None = None) -> None:
+    """Rerun the blend of a finished resplit run from its heads' files (with the package in blend_src if
+    given); rescore it in results.json."""
     from sklearn.metrics import f1_score
 
     from smart_product.data import read_labels
@@ -49,6 +53,7 @@ def blend_again(run: Path, config: str, sets: list[str]) -> None:
             *sets,
         ],
         check=True,
+        env={**os.environ, "PYTHONPATH": str(blend_src.resolve())} if blend_src else None,
     )
     res = json.loads((run / "bench" / "results.json").read_text())
     w = json.loads((run / "oof" / "blend" / "weights.json").read_text())
@@ -139,6 +144,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     ap.add_argument("--collect", action="store_true", help="only summarise the runs that are there")
     ap.add_argument("--blend-only", action="store_true", help="rerun the blend of finished runs and rescore it")
+    ap.add_argument("--blend-src", type=Path, help="with --blend-only: the src/ of the checkout whose blend runs")
     a = ap.parse_args()
     runs = [(kind, seed, a.out / f"{kind}-{seed}") for kind in a.kinds for seed in a.seeds]
     for kind, seed, run in runs:
@@ -146,7 +152,7 @@ def main():
             break
         if a.blend_only:
             if (run / "bench" / "results.json").is_file():
-                blend_again(run, a.config, a.set)
+                blend_again(run, a.config, a.set, a.blend_src)
             continue
         if (run / "bench" / "results.json").is_file():
             print(f"{run}: done, not rerun", flush=True)
