@@ -193,6 +193,29 @@ def test_lora_trains_adapters_only_and_merges(demo_dir):
         finetune(build_image_encoder("test_efficientnet", "random", image_size=32), "image", [], [], 2, lora={"r": 4})
 
 
+def test_train_layers_trains_the_top_layers_and_the_head_only(demo_dir):
+    from smart_product.backbones import build_image_encoder, build_text_encoder, finetune
+    from smart_product.config import ConfigError
+
+    train = load_split(demo_dir, "train").head(400)
+    classes, y = np.unique(train.category_id, return_inverse=True)
+    enc = build_text_encoder("tiny-random-bert", max_length=16)  # 2 layers
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    log = finetune(enc, "text", train.title.tolist(), y, len(classes), epochs=3, lr=0.01, batch_size=32, train_layers=1)
+    top = sum(p.numel() for p in enc.model.encoder.layer[1].parameters())
+    assert log["trainable_params"] == top and log["train_layers"] == 1
+    assert log["history"][-1]["loss"] < log["history"][0]["loss"]
+    changed = {k for k, v in enc.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith("encoder.layer.1.") for k in changed), sorted(changed)[:5]
+    for bad, match in ((3, "from 0 to 2"), (-1, "from 0 to 2"), ("top", "from 0 to 2")):
+        with pytest.raises(ConfigError, match=match):
+            finetune(build_text_encoder("tiny-random-bert"), "text", [], [], 2, train_layers=bad)
+    with pytest.raises(ConfigError, match="use one"):
+        finetune(enc, "text", [], [], 2, train_layers=1, lora={"r": 4})
+    with pytest.raises(ConfigError, match="text encoders"):
+        finetune(build_image_encoder("test_efficientnet", "random", image_size=32), "image", [], [], 2, train_layers=1)
+
+
 def _overrides():
     """A tiny config (3 folds, a per-fold image set, a pseudo-label round) as key=value pairs."""
     heads = (

@@ -493,6 +493,25 @@ def add_lora(encoder: nn.Module, lora: dict) -> nn.Module:
     return encoder
 
 
+def train_top_layers(encoder: nn.Module, n: int) -> nn.Module:
+    """Freeze a text encoder's embeddings and all but its top n transformer layers (BERT-like
+    models: `encoder.layer`); n = 0 trains the class head alone. On a CPU the frozen word
+    embeddings (e5: 96M of its 118M weights) then need no gradients and no optimizer state."""
+    from .config import ConfigError
+
+    layers = getattr(getattr(getattr(encoder, "model", None), "encoder", None), "layer", None)
+    if not isinstance(encoder, TextEncoder) or layers is None:
+        raise ConfigError("finetune.train_layers: for text encoders with BERT-like layers (model.encoder.layer)")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(layers):
+        raise ConfigError(f"finetune.train_layers: an integer from 0 to {len(layers)}, not {n!r}")
+    for p in encoder.model.parameters():
+        p.requires_grad = False
+    for layer in list(layers)[len(layers) - n :]:
+        for p in layer.parameters():
+            p.requires_grad = True
+    return encoder
+
+
 def merge_lora(encoder: nn.Module) -> nn.Module:
     from peft import PeftModel
 
@@ -516,6 +535,7 @@ def finetune(
     label_smoothing: float = 0.1,
     class_weights: bool = False,
     lora: dict | None = None,
+    train_layers: int | None = None,
     workers=None,
     seed: int = 0,
     cpu_bf16: bool = False,
@@ -526,7 +546,8 @@ def finetune(
     AdamW, linear warm-up then cosine decay, label smoothing or class weights. Images: resized
     crop, flip and rotation, per image (PIL, paths) or on the batch tensor on the device
     (CachedRows from the decode-once cache). `lora` (text): LoRA adapters through peft, merged
-    into the weights at the end. `cpu_bf16`: bf16 autocast on CPU too. Under torchrun
+    into the weights at the end. `train_layers` (text): only the top n layers and the head train
+    (train_top_layers). `cpu_bf16`: bf16 autocast on CPU too. Under torchrun
     (init_distributed) the model is wrapped in DDP and each process trains on its shard of every
     epoch; `batch_size` is the global batch. Returns a small training log.
     """
@@ -537,8 +558,14 @@ def finetune(
     rank, world = dist_info()
     torch.manual_seed(seed)
     labels = np.asarray(labels)
+    if lora and train_layers is not None:
+        from .config import ConfigError
+
+        raise ConfigError("finetune: lora and train_layers are two ways to train part of a model; use one")
     if lora:
         add_lora(encoder, lora)
+    if train_layers is not None:
+        train_top_layers(encoder, train_layers)
     _prepare(encoder, dev)
     model = Classifier(encoder, n_classes).to(dev).train()
     keep = _usable(kind, items)  # rows without a usable image teach nothing
@@ -627,5 +654,6 @@ def finetune(
         "rows_per_rank": len(sampler),
         "trainable_params": int(n_trainable),
         "lora": bool(lora),
+        "train_layers": train_layers,
         "decode_once": isinstance(items, CachedRows),
     }
