@@ -284,3 +284,60 @@ def test_embed_never_pushes_a_row_without_image_through_the_model(demo_dir):
     X, ok, _ = embed(enc, "image", paths, batch_size=8, workers=0)
     assert sum(seen) == sum(p is not None for p in paths) == 30
     assert (X[::4] == 0).all() and not ok[::4].any() and ok[1::4].all() and (np.abs(X[1::4]).sum(1) > 0).all()
+
+
+TOP_FT = (
+    "features.sets={txt_top: {kind: text, model: tiny-random-bert, view: title, max_length: 16, batch_size: 256,"
+    "               finetune: {epochs: 2, lr: 0.003, batch_size: 64, train_layers: 1}}}"
+)
+
+
+def test_top_layers_over_cached_lower_states_embed_as_the_whole_encoder(demo_dir):
+    from smart_product.backbones import StateRows, TopEncoder, build_text_encoder, embed, lower_states
+
+    texts = load_split(demo_dir, "train").title.tolist()[:300]
+    enc = build_text_encoder("tiny-random-bert", max_length=64)  # 2 layers
+    whole, _, _ = embed(enc, "text", texts, batch_size=64)
+    states, mask = np.zeros((len(texts), 64, enc.dim), np.float16), np.zeros((len(texts), 64), np.int8)
+    lower_states(enc, texts, 1, states, mask, batch_size=64)
+    lengths = mask.sum(1)
+    assert lengths.min() >= 3 and lengths.min() < lengths.max() and (states[mask == 0] == 0).all()
+    top, _, _ = embed(TopEncoder(enc, 1), "text", StateRows(states, mask), batch_size=64)
+    np.testing.assert_allclose(top, whole, atol=2e-2)  # the states are stored in float16
+    assert np.corrcoef(top.ravel(), whole.ravel())[0, 1] > 0.9999
+
+
+def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_states_once(
+    demo_dir, make_cfg, copy_data, tmp_path
+):
+    cfg = make_cfg(demo_dir, TOP_FT, "folds.k=3")
+    make_folds(cfg)
+    assert set(make_features(cfg)) == {"txt_top"}
+    root = Path(cfg["out_dir"]) / "features"
+    (cache,) = (root / "_text").iterdir()  # one label-free cache for all three folds
+    stamp = (cache / "train.states.npy").stat().st_mtime_ns
+    meta = json.loads((root / "txt_top" / "fold2" / "meta.json").read_text())
+    assert meta["lower_layers_cached"] == 1 and meta["finetune"]["train_layers"] == 1
+    hist = meta["finetune"]["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    # the same run with fold 2's labels permuted among fold 2's rows, on the same folds
+    folds = pd.read_csv(Path(cfg["out_dir"]) / "folds" / "folds.csv")
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    in2 = train.product_id.isin(folds.product_id[folds.fold == 2]).to_numpy()
+    rng = np.random.default_rng(0)
+    train.loc[in2, "category_id"] = rng.permutation(train.loc[in2, "category_id"].to_numpy())
+    assert (train.category_id != pd.read_parquet(demo_dir / "train.parquet").category_id).sum() > 100
+    out_b = tmp_path / "b"
+    cfg_b = make_cfg(copy_data(train), TOP_FT, "folds.k=3", f"out_dir={out_b}")
+    (out_b / "folds").mkdir(parents=True)
+    (out_b / "folds" / "folds.csv").write_text((Path(cfg["out_dir"]) / "folds" / "folds.csv").read_text())
+    make_features(cfg_b)
+    (cache_b,) = (out_b / "features" / "_text").iterdir()
+    for split in ("train", "test"):  # the lower states never depend on a label
+        assert np.array_equal(np.load(cache / f"{split}.states.npy"), np.load(cache_b / f"{split}.states.npy"))
+    for name in ("train.npy", "test.npy"):  # fold 2's features: its own labels never reached them
+        a, b = (np.load(r / "txt_top" / "fold2" / name) for r in (root, out_b / "features"))
+        assert np.array_equal(a, b)
+    a, b = (np.load(r / "txt_top" / "fold0" / "train.npy") for r in (root, out_b / "features"))
+    assert not np.allclose(a, b)  # fold 0 trained on fold 2's (permuted) labels
+    assert (cache / "train.states.npy").stat().st_mtime_ns == stamp

@@ -105,6 +105,125 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+@dataclass
+class StateRows:
+    """Rows of a text encoder's cached lower-layer token states (float16 n x T x H, usually
+    memory-mapped) with their attention masks (n x T). Indexing selects rows without reading them."""
+
+    states: np.ndarray
+    mask: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = np.arange(len(self.mask))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        return StateRows(self.states, self.mask, self.rows[np.asarray(idx)])
+
+    def lengths(self) -> np.ndarray:
+        return self.mask[self.rows].sum(1)
+
+    def batch(self, idx) -> dict:
+        """These rows' states (float32) and masks, cut to the longest row of the batch."""
+        r = self.rows[np.asarray(idx)]
+        mask = self.mask[r]
+        t = max(1, int(mask.sum(1).max()))
+        states = np.asarray(self.states[r][:, :t], dtype=np.float32)
+        return {"states": torch.from_numpy(states), "mask": torch.from_numpy(mask[:, :t].astype(np.int64))}
+
+
+class StateBatches:
+    """Batches of StateRows in the sampler's order (all rows in order without one), as (x, ok, y)."""
+
+    def __init__(self, rows: StateRows, batch_size: int, labels=None, sampler=None):
+        self.rows, self.batch_size, self.labels, self.sampler = rows, batch_size, labels, sampler
+
+    def __len__(self):
+        n = len(self.sampler) if self.sampler is not None else len(self.rows)
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        order = np.fromiter(self.sampler, int) if self.sampler is not None else np.arange(len(self.rows))
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            y = torch.as_tensor(self.labels[idx]) if self.labels is not None else torch.full((len(idx),), -1)
+            yield self.rows.batch(idx), torch.ones(len(idx), dtype=torch.bool), y
+
+
+def _additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    return (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+
+
+class TopEncoder(nn.Module):
+    """The top n layers of a BERT-like TextEncoder, reading cached lower-layer states (StateRows
+    batches), mean-pooled like TextEncoder. The layers are the encoder's own modules, so training
+    this trains them in place."""
+
+    def __init__(self, encoder: TextEncoder, n: int):
+        super().__init__()
+        layers = list(encoder.model.encoder.layer)
+        self.layers = nn.ModuleList(layers[len(layers) - n :])
+        self.dim = encoder.dim
+
+    def forward(self, batch):
+        h, mask = batch["states"], batch["mask"]
+        ext = _additive_mask(mask)
+        for layer in self.layers:
+            h = layer(h, attention_mask=ext)
+            h = h[0] if isinstance(h, tuple) else h
+        h = h.float()
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def lower_states(
+    encoder: TextEncoder,
+    texts,
+    n_lower: int,
+    states: np.ndarray,
+    mask: np.ndarray,
+    batch_size: int = 64,
+    cpu_bf16: bool = False,
+    desc="lower layers",
+) -> float:
+    """Token states after the embeddings and the first n_lower layers of every text (no labels),
+    into `states` (n x max_length x H, float16; a memmap for large sets) and `mask`; texts/s."""
+    dev = device()
+    _prepare(encoder, dev).eval()
+    model, texts = encoder.model, list(texts)
+    order = np.argsort([len(t) for t in texts], kind="stable")  # batches of like length pad little
+    t0 = time.time()
+    with torch.inference_mode(), autocast(dev, cpu_bf16):
+        for i in tqdm(range(0, len(texts), batch_size), desc=desc, mininterval=2, leave=False):
+            rows = order[i : i + batch_size]
+            b = encoder.tokenizer(
+                [texts[r] for r in rows],
+                padding=True,
+                truncation=True,
+                max_length=encoder.max_length,
+                return_tensors="pt",
+            )
+            b = _to(dict(b), dev)
+            h = model.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+            ext = _additive_mask(b["attention_mask"])
+            for layer in list(model.encoder.layer)[:n_lower]:
+                h = layer(h, attention_mask=ext)
+                h = h[0] if isinstance(h, tuple) else h
+            t = h.shape[1]
+            h = h.float() * b["attention_mask"].unsqueeze(-1)  # padding: zeros, whatever the batch
+            states[rows, :t] = h.cpu().numpy().astype(np.float16)
+            mask[rows, :t] = b["attention_mask"].cpu().numpy()
+    rate = len(texts) / max(time.time() - t0, 1e-9)
+    log.info(
+        "%s: %d texts through %d lower layers in %.1fs (%.1f text/s)", desc, len(texts), n_lower, time.time() - t0, rate
+    )
+    return rate
+
+
 def _load_by_position(model: nn.Module, path: str) -> None:
     """Load a state dict whose tensor names differ but whose order and shapes match."""
     src = torch.load(path, map_location="cpu", weights_only=True)
@@ -287,6 +406,8 @@ class Loader:
         when augmenting on the CPU (`augment`): then a DataLoader worker does it beside the model."""
         from torch.utils.data import BatchSampler, SequentialSampler
 
+        if isinstance(items, StateRows):  # cached lower-layer states of texts: plain array reads
+            return StateBatches(items, batch_size, labels, sampler)
         dev = device()
         cached = isinstance(items, CachedRows)
         if self.kind != "image":
@@ -362,14 +483,16 @@ def embed(
     """
     dev = device()
     _prepare(encoder, dev).eval()
-    if not isinstance(items, CachedRows):
+    if not isinstance(items, (CachedRows, StateRows)):
         items = list(items)
     n_all = len(items)
-    if kind == "text":  # sort by length so batches pad little
+    if isinstance(items, StateRows):
+        order = np.argsort(items.lengths(), kind="stable")
+    elif kind == "text":  # sort by length so batches pad little
         order = np.argsort([len(t) for t in items], kind="stable")
     else:  # rows without an image are never pushed through the model: their vectors stay zeros
         order = np.flatnonzero(_usable(kind, items))
-    items = items[order] if isinstance(items, CachedRows) else [items[i] for i in order]
+    items = items[order] if isinstance(items, (CachedRows, StateRows)) else [items[i] for i in order]
     out = np.zeros((n_all, encoder.dim), np.float32)
     ok_all = np.zeros(n_all, bool)
     if not len(items):
@@ -569,7 +692,10 @@ def finetune(
     _prepare(encoder, dev)
     model = Classifier(encoder, n_classes).to(dev).train()
     keep = _usable(kind, items)  # rows without a usable image teach nothing
-    items = items[np.flatnonzero(keep)] if isinstance(items, CachedRows) else [it for it, k in zip(items, keep) if k]
+    if isinstance(items, (CachedRows, StateRows)):
+        items = items[np.flatnonzero(keep)]
+    else:
+        items = [it for it, k in zip(items, keep) if k]
     labels = labels[keep]
     per_rank = max(1, math.ceil(batch_size / world))
     loader_set = Loader(encoder, kind)

@@ -385,6 +385,59 @@ def frozen_embed(train, test, opts: dict, ctx: dict | None = None):
     )
 
 
+def _lower_cache(enc, train, test, opts: dict, n_lower: int, ctx: dict | None):
+    """The token states of every train and test text after the first n_lower layers of the set's
+    (pretrained, frozen) text encoder. They use no labels, so they are computed once and shared by
+    every fold: features/_text/{key}/{split}.states.npy (float16, memory-mapped) + .mask.npy."""
+    from .backbones import StateRows, barrier, dist_info, lower_states, use_cpu_bf16
+
+    key = config_hash(
+        {
+            "model": opts["model"],
+            "view": opts.get("view", "all"),
+            "max_length": int(opts.get("max_length", 128)),
+            "cpu_bf16": opts.get("cpu_bf16"),
+            "lower_layers": n_lower,
+            "data": (ctx or {}).get("data_fp"),
+            **_precision(opts),
+        }
+    )
+    folder = Path(ctx["root"]) / "_text" / key[:16] if ctx else None
+    rank, world = dist_info()
+    if folder and world > 1 and rank > 0:
+        barrier()  # torchrun: rank 0 writes the cache, the others read it
+    out = {}
+    for split, frame in (("train", train), ("test", test)):
+        states_path = folder / f"{split}.states.npy" if folder else None
+        mask_path = folder / f"{split}.mask.npy" if folder else None
+        if folder and mask_path.is_file():  # the mask is written last: its presence means done
+            out[split] = StateRows(np.load(states_path, mmap_mode="r"), np.load(mask_path))
+            continue
+        texts = text_view(frame, opts.get("view", "all"))
+        shape = (len(texts), enc.max_length, enc.dim)
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{split}.states.tmp.npy"
+            states = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        else:
+            states = np.zeros(shape, np.float16)
+        mask = np.zeros(shape[:2], np.int8)
+        bs = _batch_size(opts)
+        lower_states(
+            enc, texts, n_lower, states, mask, bs, use_cpu_bf16(opts.get("cpu_bf16")), f"{opts['name']} {split}"
+        )
+        if folder:
+            states.flush()
+            del states
+            tmp.rename(states_path)
+            _np_save_atomic(mask_path, mask)
+            states = np.load(states_path, mmap_mode="r")
+        out[split] = StateRows(states, mask)
+    if folder and world > 1 and rank == 0:
+        barrier()
+    return out["train"], out["test"]
+
+
 def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: dict | None = None):
     """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test.
 
@@ -410,6 +463,8 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     enc = _build(opts)
+    if opts["kind"] == "text" and ft.get("train_layers") is not None:
+        return _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx)
     items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
@@ -428,6 +483,40 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
         return None
     Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}", items)
     return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate, "tta": opts.get("tta")}, enc
+
+
+def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
+    """`finetune.train_layers: n` on a text set: the lower layers stay as pretrained, so their token
+    states are read from the label-free cache (_lower_cache), and fold k trains only the top n
+    layers and the head on them, then embeds every row from the same cache."""
+    from .backbones import TopEncoder, dist_info, embed, finetune, train_top_layers, use_cpu_bf16
+
+    ft = dict(ft)
+    n_top = ft.pop("train_layers")
+    train_top_layers(enc, n_top)  # checks n; freezes the rest
+    n_lower = len(enc.model.encoder.layer) - n_top
+    states_train, states_test = _lower_cache(enc, train, test, opts, n_lower, ctx)
+    top = TopEncoder(enc, n_top)
+    bf16, desc = use_cpu_bf16(opts.get("cpu_bf16")), f"{opts['name']} fold{k}"
+    log_ = finetune(
+        top,
+        "text",
+        states_train[np.flatnonzero(fit)],
+        y[fit],
+        len(classes),
+        workers=opts.get("workers"),
+        cpu_bf16=bf16,
+        desc=desc,
+        **ft,
+    )
+    log_["train_layers"] = n_top
+    if dist_info()[0] > 0:
+        return None
+    bs = _batch_size(opts)
+    Xtr, _, rate = embed(top, "text", states_train, bs, desc=f"{desc} train", cpu_bf16=bf16)
+    Xte, _, _ = embed(top, "text", states_test, bs, desc=f"{desc} test", cpu_bf16=bf16)
+    extra = {"finetune": log_, "rate_per_s": rate, "lower_layers_cached": n_lower, "tta": None}
+    return Xtr, Xte, train[ID].to_numpy()[fit], extra, enc
 
 
 def load_finetuned(cfg: dict, name: str, fold: int):
