@@ -3,7 +3,8 @@
     python benchmarks/catboost_speed.py [--classes 864] [--rows 72760] [--dim 64] [--depth 6]
 
 Random rows shaped like one ozon fold after PCA (72,760 x 64, 864 classes). Measured 2026-11-25:
-1.47 s an iteration on one H100, 15.3 s on its 16 CPU cores, 78 s on 2 CPU cores (see docs/results-log.md)."""
+1.47 s an iteration on one H100, 15.3 s on its 16 CPU cores, 78 s on 2 CPU cores
+(docs/results.md, "Competition scale: ozon")."""
 
 import argparse
 import time

