@@ -295,11 +295,13 @@ def run_bench(cfg: dict) -> dict:
             else ""
         ),
         f"- blend test error / stronger peer's ({res['stronger_peer']}) test error: "
-        f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)",
+        f"**{res['error_ratio_blend_vs_peer']}** (goal <= 0.75)"
+        if res["stronger_peer"]
+        else "- no peer was run (bench.peers: [])",
         "- wall time: "
         + ", ".join(f"{k} {v}s" for k, v in stages.items())
         + f"; pipeline {pipeline_s}s; peers "
-        + ", ".join(f"{k} {v}s" for k, v in peer_s.items()),
+        + (", ".join(f"{k} {v}s" for k, v in peer_s.items()) or "none"),
         "- heads: " + ", ".join(f"{k} {v}s" for k, v in res["head_seconds"].items()),
         f"- peak RSS: pipeline {res['peak_rss_gib']} GiB, with the peer {res['peak_rss_with_peer_gib']} GiB; "
         + (f"image embedding {res['image_embed_img_per_s']} img/s" if rates else "no image set embedded"),
