@@ -201,7 +201,10 @@ def test_train_layers_trains_the_top_layers_and_the_head_only(demo_dir):
     classes, y = np.unique(train.category_id, return_inverse=True)
     enc = build_text_encoder("tiny-random-bert", max_length=16)  # 2 layers
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
-    log = finetune(enc, "text", train.title.tolist(), y, len(classes), epochs=3, lr=0.01, batch_size=32, train_layers=1)
+    y16 = y.astype(np.int16)  # class codes as pandas' cat.codes gives them: any integer dtype will do
+    log = finetune(
+        enc, "text", train.title.tolist(), y16, len(classes), epochs=3, lr=0.01, batch_size=32, train_layers=1
+    )
     top = sum(p.numel() for p in enc.model.encoder.layer[1].parameters())
     assert log["trainable_params"] == top and log["train_layers"] == 1
     assert log["history"][-1]["loss"] < log["history"][0]["loss"]

@@ -680,7 +680,7 @@ def finetune(
     dev = device()
     rank, world = dist_info()
     torch.manual_seed(seed)
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)  # cross-entropy wants int64 class codes
     if lora and train_layers is not None:
         from .config import ConfigError
 
