@@ -307,12 +307,23 @@ def test_top_layers_over_cached_lower_states_embed_as_the_whole_encoder(demo_dir
     assert np.corrcoef(top.ravel(), whole.ravel())[0, 1] > 0.9999
 
 
+FT_HEAD = "heads={cls: {kind: finetuned, features: [txt_top]}}"  # the fine-tuned classifier itself
+
+
 def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_states_once(
     demo_dir, make_cfg, copy_data, tmp_path
 ):
-    cfg = make_cfg(demo_dir, TOP_FT, "folds.k=3")
+    """Also the fold rule of the `finetuned` head (the classifier trained with the backbone): it
+    needs a fine-tuned set, so the every-kind test in test_heads.py leaves it to this one."""
+    from smart_product.heads import train_heads
+
+    cfg = make_cfg(demo_dir, TOP_FT, FT_HEAD, "folds.k=3", "pseudo.rounds=0")
     make_folds(cfg)
     assert set(make_features(cfg)) == {"txt_top"}
+    m = train_heads(cfg)["cls"]
+    p = pd.read_parquet(demo_dir / "train.parquet").category_id.value_counts(normalize=True).max()
+    majority = p * 2 * p / (1 + p)  # weighted F1 of always predicting the largest class
+    assert m["overall"]["weighted_f1"] > 1.5 * majority  # a 2-layer random BERT, 2 epochs: ~2x
     root = Path(cfg["out_dir"]) / "features"
     (cache,) = (root / "_text").iterdir()  # one label-free cache for all three folds
     stamp = (cache / "train.states.npy").stat().st_mtime_ns
@@ -328,10 +339,15 @@ def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_s
     train.loc[in2, "category_id"] = rng.permutation(train.loc[in2, "category_id"].to_numpy())
     assert (train.category_id != pd.read_parquet(demo_dir / "train.parquet").category_id).sum() > 100
     out_b = tmp_path / "b"
-    cfg_b = make_cfg(copy_data(train), TOP_FT, "folds.k=3", f"out_dir={out_b}")
+    cfg_b = make_cfg(copy_data(train), TOP_FT, FT_HEAD, "folds.k=3", "pseudo.rounds=0", f"out_dir={out_b}")
     (out_b / "folds").mkdir(parents=True)
     (out_b / "folds" / "folds.csv").write_text((Path(cfg["out_dir"]) / "folds" / "folds.csv").read_text())
     make_features(cfg_b)
+    train_heads(cfg_b)
+    fold_of = folds.set_index("product_id").fold.reindex(train.product_id).to_numpy()
+    a, b = (np.load(Path(c["out_dir"]) / "oof" / "cls" / "oof.npy") for c in (cfg, cfg_b))
+    assert np.array_equal(a[fold_of == 2], b[fold_of == 2])  # fold 2's classifier never saw fold 2's labels
+    assert not np.allclose(a[fold_of == 0], b[fold_of == 0])
     (cache_b,) = (out_b / "features" / "_text").iterdir()
     for split in ("train", "test"):  # the lower states never depend on a label
         assert np.array_equal(np.load(cache / f"{split}.states.npy"), np.load(cache_b / f"{split}.states.npy"))

@@ -194,7 +194,7 @@ def test_lora_trains_adapters_only_and_merges(demo_dir):
 
 
 def test_train_layers_trains_the_top_layers_and_the_head_only(demo_dir):
-    from smart_product.backbones import build_image_encoder, build_text_encoder, finetune
+    from smart_product.backbones import build_image_encoder, build_text_encoder, embed, finetune
     from smart_product.config import ConfigError
 
     train = load_split(demo_dir, "train").head(400)
@@ -202,12 +202,26 @@ def test_train_layers_trains_the_top_layers_and_the_head_only(demo_dir):
     enc = build_text_encoder("tiny-random-bert", max_length=16)  # 2 layers
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
     y16 = y.astype(np.int16)  # class codes as pandas' cat.codes gives them: any integer dtype will do
-    log = finetune(
-        enc, "text", train.title.tolist(), y16, len(classes), epochs=3, lr=0.01, batch_size=32, train_layers=1
+    log, head = finetune(
+        enc,
+        "text",
+        train.title.tolist(),
+        y16,
+        len(classes),
+        epochs=3,
+        lr=0.01,
+        batch_size=32,
+        train_layers=1,
+        return_head=True,
     )
     top = sum(p.numel() for p in enc.model.encoder.layer[1].parameters())
     assert log["trainable_params"] == top and log["train_layers"] == 1
     assert log["history"][-1]["loss"] < log["history"][0]["loss"]
+    # the class head trained with it maps embed's vectors to the classifier's logits (the `finetuned` head)
+    assert head["weight"].shape == (len(classes), enc.dim) and head["bias"].shape == (len(classes),)
+    X, _, _ = embed(enc, "text", train.title.tolist(), batch_size=64)
+    acc = ((X @ head["weight"].T + head["bias"]).argmax(1) == y).mean()
+    assert acc >= log["history"][-1]["train_acc"] - 0.02 and acc > 2 * np.bincount(y).max() / len(y)
     changed = {k for k, v in enc.model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(k.startswith("encoder.layer.1.") for k in changed), sorted(changed)[:5]
     for bad, match in ((3, "from 0 to 2"), (-1, "from 0 to 2"), ("top", "from 0 to 2")):

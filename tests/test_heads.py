@@ -406,11 +406,13 @@ def test_every_head_kind_predicts_fold_k_without_fold_k_labels(demo_dir, fit_hea
 
     overrides = [ALL_KINDS_FEATS, ALL_KINDS, "pseudo.rounds=0"]
     _, metrics = fit_heads(demo_dir, tmp_path / "a", overrides)
-    assert set(metrics) == set(HEADS)  # every registered kind is covered
+    # every registered kind is covered; `finetuned` reads a fine-tuned set's classifier, so its
+    # permutation test is test_features.py's fine-tuning one
+    assert set(metrics) == set(HEADS) - {"finetuned"}
     folds_csv = tmp_path / "a" / "folds" / "folds.csv"
     data_b, fold_of, k2 = permute_fold(folds_csv, 2)
     fit_heads(data_b, tmp_path / "b", overrides, folds_csv)
-    for head in HEADS:
+    for head in metrics:
         a = np.load(tmp_path / "a" / "oof" / head / "oof.npy")
         b = np.load(tmp_path / "b" / "oof" / head / "oof.npy")
         assert np.allclose(a[k2], b[k2], atol=1e-5), head
@@ -450,3 +452,29 @@ def test_catboost_border_count_reaches_catboost():
     assert coarse.model.get_all_params()["border_count"] == 8
     assert plain.model.get_all_params()["border_count"] == 254
     assert (coarse.predict_proba(X).argmax(1) == y).mean() > 0.9
+
+
+def test_finetuned_head_reads_one_fine_tuned_set_and_is_never_calibrated(demo_dir, make_cfg):
+    """The `finetuned` head's input is a per-fold set's saved classifier: a shared set, a missing
+    class head or a temperature fit on the classifier's own training rows are errors, not garbage."""
+    from smart_product.features import load_class_logits
+    from smart_product.heads import FinetunedHead
+
+    sets = (
+        "features.sets={tab: {kind: tabular}, ft: {kind: text, model: tiny-random-bert, view: title,"
+        " finetune: {epochs: 1, train_layers: 1}}}"
+    )
+    cfg = make_cfg(demo_dir, sets, "heads={cls: {kind: finetuned, features: [ft], calibrate: true}}")
+    with pytest.raises(DataError, match="calibrate would fit a temperature"):
+        run_head(cfg, "cls")
+    ids, classes = np.arange(3), np.arange(2)
+    with pytest.raises(DataError, match="one fine-tuned"):
+        load_class_logits(cfg, ["tab"], 0, ids, ids, classes)
+    with pytest.raises(DataError, match="class_head.npz: missing"):
+        load_class_logits(cfg, ["ft"], 0, ids, ids, classes)
+    z = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    P = FinetunedHead().fit(z, np.array([0, 1]), 3).predict_proba(z)
+    np.testing.assert_allclose(P.sum(1), 1, rtol=1e-6)
+    assert P[0].argmax() == 0 and np.allclose(P[1], 1 / 3)
+    with pytest.raises(DataError, match="3 logits a row for 4 classes"):
+        FinetunedHead().fit(z, np.array([0, 1]), 4)

@@ -663,7 +663,8 @@ def finetune(
     seed: int = 0,
     cpu_bf16: bool = False,
     desc="finetune",
-) -> dict:
+    return_head: bool = False,
+):
     """Train encoder + a linear class head on (items, labels); the encoder is updated in place.
 
     AdamW, linear warm-up then cosine decay, label smoothing or class weights. Images: resized
@@ -672,7 +673,9 @@ def finetune(
     into the weights at the end. `train_layers` (text): only the top n layers and the head train
     (train_top_layers). `cpu_bf16`: bf16 autocast on CPU too. Under torchrun
     (init_distributed) the model is wrapped in DDP and each process trains on its shard of every
-    epoch; `batch_size` is the global batch. Returns a small training log.
+    epoch; `batch_size` is the global batch. Returns a small training log; with `return_head`,
+    (log, {"weight": n_classes x dim, "bias": n_classes}) too: the trained class head, float32,
+    which maps `embed`'s vectors to the fine-tuned classifier's logits.
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data.distributed import DistributedSampler
@@ -772,7 +775,7 @@ def finetune(
     merge_lora(encoder)
     encoder.eval()
     n_trainable = sum(p.numel() for p in trainable)
-    return {
+    log_ = {
         "history": history,
         "rows": int(len(labels)),
         "seconds": round(time.time() - t0, 2),
@@ -783,3 +786,7 @@ def finetune(
         "train_layers": train_layers,
         "decode_once": isinstance(items, CachedRows),
     }
+    if not return_head:
+        return log_
+    head = {k: v.detach().float().cpu().numpy() for k, v in model.head.state_dict().items()}
+    return log_, head

@@ -14,8 +14,9 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
             attributes + dict text) or `title`.
 image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
 backbone is fine-tuned on the rows of the other folds, then embeds every train and test row ->
-features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on) and,
-with `save_weights: true`, encoder.pt (load_finetuned). Everything else is computed once ->
+features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on),
+class_head.npz (the classifier trained with it: the `finetuned` head's logits) and, with
+`save_weights: true`, encoder.pt (load_finetuned). Everything else is computed once ->
 features/{set}/train.npy, test.npy.
 
 Image sets read the decode-once cache features/_images/{size}/ (images.py; `image_cache: false`
@@ -33,7 +34,8 @@ Where things are:
 
 - kinds.py     the kinds by name (`CHEAP_FN`, `BACKBONE`), `feature_sets`, `is_per_fold`
 - stage.py     `make_features`, the stage: the loop over sets, and over folds for per-fold sets
-- store.py     the files of a set (meta.json key, matrices, ids) and `load_features` for the heads
+- store.py     the files of a set (meta.json key, matrices, ids), `load_features` for the heads and
+               `load_class_logits` (a fine-tuned set's own classifier, fold by fold)
 - tabular.py   `tabular`, `listing`
 - tfidf.py     text views (`text_view`, `field_text`), `tfidf_sparse`, `tfidf`
 - wordvec.py   `navec`
@@ -46,7 +48,7 @@ from __future__ import annotations
 from .backbone import finetuned_embed, frozen_embed, load_finetuned
 from .kinds import BACKBONE, CHEAP, CHEAP_FN, feature_sets, is_per_fold
 from .stage import absent_modality, load_for_features, make_features, parse_fold
-from .store import is_skipped, load_features
+from .store import is_skipped, load_class_logits, load_features
 from .tabular import listing, tabular
 from .tfidf import field_text, text_view, tfidf, tfidf_matrix, tfidf_sparse
 from .wordvec import load_navec, navec
@@ -54,6 +56,7 @@ from .wordvec import load_navec, navec
 __all__ = [
     "make_features",
     "load_features",
+    "load_class_logits",
     "feature_sets",
     "is_per_fold",
     "parse_fold",

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import config_hash
-from ..data import ID, TARGET, DataError
+from ..data import ID, TARGET, DataError, label_array
 from .kinds import feature_sets, is_per_fold
 from .store import np_save_atomic
 from .tfidf import text_view
@@ -185,6 +185,8 @@ def _lower_cache(enc, train, test, opts: dict, n_lower: int, ctx: dict | None):
 
 def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: dict | None = None):
     """Fold k: fine-tune on rows of the other folds (k=-1: on all rows), embed all train + test.
+    Returns (X_train, X_test, ids trained on, extra, encoder); extra["class_head"] is the trained
+    class head (weight, bias, classes: `embed`'s vectors -> the classifier's logits).
 
     Under torchrun every process trains (DDP) and rank 0 alone embeds; the others return None."""
     from ..backbones import dist_info, finetune, use_cpu_bf16
@@ -206,14 +208,14 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
             f"(one of {sorted(allowed)})"
         )
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
-    classes, y = np.unique(train[TARGET].to_numpy(), return_inverse=True)
+    classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
     enc = _build(opts)
     if opts["kind"] == "text" and ft.get("train_layers") is not None:
         return _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx)
     items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
-    log_ = finetune(
+    log_, head = finetune(
         enc,
         opts["kind"],
         fit_items,
@@ -222,12 +224,14 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
         workers=opts.get("workers"),
         cpu_bf16=use_cpu_bf16(opts.get("cpu_bf16")),
         desc=f"{opts['name']} fold{k}",
+        return_head=True,
         **ft,
     )
     if dist_info()[0] > 0:
         return None
     Xtr, Xte, rate = _embed_both(enc, train, test, opts, ctx, f"{opts['name']} fold{k}", items)
-    return Xtr, Xte, train[ID].to_numpy()[fit], {"finetune": log_, "rate_per_s": rate, "tta": opts.get("tta")}, enc
+    extra = {"finetune": log_, "rate_per_s": rate, "tta": opts.get("tta"), "class_head": {**head, "classes": classes}}
+    return Xtr, Xte, train[ID].to_numpy()[fit], extra, enc
 
 
 def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
@@ -243,7 +247,7 @@ def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
     states_train, states_test = _lower_cache(enc, train, test, opts, n_lower, ctx)
     top = TopEncoder(enc, n_top)
     bf16, desc = use_cpu_bf16(opts.get("cpu_bf16")), f"{opts['name']} fold{k}"
-    log_ = finetune(
+    log_, head = finetune(
         top,
         "text",
         states_train[np.flatnonzero(fit)],
@@ -252,6 +256,7 @@ def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
         workers=opts.get("workers"),
         cpu_bf16=bf16,
         desc=desc,
+        return_head=True,
         **ft,
     )
     log_["train_layers"] = n_top
@@ -260,7 +265,13 @@ def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
     bs = _batch_size(opts)
     Xtr, _, rate = embed(top, "text", states_train, bs, desc=f"{desc} train", cpu_bf16=bf16)
     Xte, _, _ = embed(top, "text", states_test, bs, desc=f"{desc} test", cpu_bf16=bf16)
-    extra = {"finetune": log_, "rate_per_s": rate, "lower_layers_cached": n_lower, "tta": None}
+    extra = {
+        "finetune": log_,
+        "rate_per_s": rate,
+        "lower_layers_cached": n_lower,
+        "tta": None,
+        "class_head": {**head, "classes": classes},
+    }
     return Xtr, Xte, train[ID].to_numpy()[fit], extra, enc
 
 

@@ -144,6 +144,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                     sub.mkdir(parents=True, exist_ok=True)
                     (sub / "meta.json").unlink(missing_ok=True)
                     np.save(sub / "trained_on.npy", fit_ids)
+                    np.savez(sub / "class_head.npz", **extra.pop("class_head"))  # for `kind: finetuned` heads
                     if opts.get("save_weights"):
                         import torch
 

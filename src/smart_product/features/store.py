@@ -107,3 +107,27 @@ def load_features(
     if any(sparse.issparse(m) for m in tr):  # any sparse set: the whole matrix stays sparse (CSR)
         return sparse.hstack(tr).tocsr(), sparse.hstack(te).tocsr()
     return np.hstack(tr), np.hstack(te)
+
+
+def load_class_logits(cfg: dict, names: list[str], fold: int, train_ids, test_ids, classes: np.ndarray):
+    """(logits_train, logits_test) for head fold `fold`: the classifier fine-tuned with the set's
+    backbone for that fold (its saved class head, fold{fold}/class_head.npz) applied to that fold's
+    embeddings. Fold k's rows get the logits of a classifier that never saw their labels; the
+    other rows' logits are in-sample (the `finetuned` head never fits on them)."""
+    sets = feature_sets(cfg)
+    if len(names) != 1 or names[0] not in sets or not is_per_fold(sets[names[0]]):
+        raise DataError(f"a `finetuned` head reads one fine-tuned (per-fold) feature set, not {names}")
+    name = names[0]
+    path = Path(cfg["out_dir"]) / "features" / name / f"fold{fold}" / "class_head.npz"
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing (features made before the class head was kept); remove "
+            f"features/{name}/ and rerun `make features`"
+        )
+    head = np.load(path)
+    if not np.array_equal(head["classes"], classes):
+        raise DataError(f"{path}: made for other classes than the train split's; rerun `make features`")
+    Xtr, Xte = load_features(cfg, names, fold, train_ids, test_ids)
+    W, b = head["weight"], head["bias"]
+    return Xtr @ W.T + b, Xte @ W.T + b
+

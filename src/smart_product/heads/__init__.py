@@ -11,6 +11,7 @@
 - trees.py       `catboost`
 - neighbours.py  `knn` (cosine neighbours over TF-IDF / embeddings), `lfda_knn` (the seed's LFDA + kNN),
                  `listing` (the same shop's listings nearest in product id)
+- finetuned.py   `finetuned` (the classifier trained with a per-fold fine-tuned backbone, fold by fold)
 - calibrate.py   temperature scaling on an inner split, logit adjustment
 - pseudo.py      pseudo-labels for round r from fold-k models only
 - tune.py        Optuna search of a head's params (`make tune`)
@@ -21,6 +22,7 @@ The level-2 model over the heads' OOF probabilities (stacking) sits beside the b
 from __future__ import annotations
 
 from .common import BlockStacker, scores
+from .finetuned import FinetunedHead
 from .kinds import HEADS, make_head
 from .linear import LinearHead, LogRegHead, NaiveBayesHead
 from .loop import head_configs, head_names, run_head
@@ -50,5 +52,6 @@ __all__ = [
     "ListingHead",
     "SoftmaxHead",
     "CatBoostHead",
+    "FinetunedHead",
     "make_lfda",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..data import DataError
+from .finetuned import FinetunedHead
 from .linear import LinearHead, LogRegHead, NaiveBayesHead
 from .mlp import MLPHead
 from .neighbours import KnnHead, LfdaKnnHead, ListingHead
@@ -19,6 +20,7 @@ HEADS = {
     "knn": KnnHead,
     "listing": ListingHead,
     "nb": NaiveBayesHead,
+    "finetuned": FinetunedHead,
 }
 
 

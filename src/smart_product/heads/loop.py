@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ID, TARGET, DataError, label_array, load_split
-from ..features import load_features
+from ..features import load_class_logits, load_features
 from ..folds import NEVER, load_folds
 from .calibrate import class_prior, fit_temperature, log_loss, logit_adjusted, tempered
 from .common import _inner_split, scores
@@ -69,9 +69,12 @@ def _concat(a, b):
     return np.concatenate([a, b])
 
 
-def _head_input(cfg, name, hcfg, fold, tr_ids, te_ids):
-    """The head's features for one fold: a list of blocks for block heads, else one dense matrix."""
+def _head_input(cfg, name, hcfg, fold, tr_ids, te_ids, classes):
+    """The head's features for one fold: a list of blocks for block heads, a fine-tuned set's
+    classifier logits for `finetuned` heads, else one dense matrix."""
     kind = hcfg["kind"]
+    if getattr(HEADS.get(kind), "logits", False):
+        return load_class_logits(cfg, hcfg["features"], fold, tr_ids, te_ids, classes)
     if getattr(HEADS.get(kind), "blocks", False):
         return load_features(cfg, hcfg["features"], fold, tr_ids, te_ids, blocks=True)
     Xtr, Xte = load_features(cfg, hcfg["features"], fold, tr_ids, te_ids)
@@ -190,6 +193,11 @@ def run_head(
     feats = hcfg.get("features") or []
     if not feats:
         raise DataError(f"config heads.{name}: features list is empty")
+    if hcfg.get("calibrate") and getattr(HEADS.get(hcfg["kind"]), "logits", False):
+        raise DataError(
+            f"config heads.{name}: calibrate would fit a temperature on rows the fine-tuned classifier "
+            "was trained on; leave it off (the blend's procedures weigh the head on OOF rows)"
+        )
     out_name = out_name or name
     out = Path(cfg["out_dir"]) / "oof" / out_name
     params = {**(hcfg.get("params") or {}), **(params or {})}
@@ -233,7 +241,7 @@ def run_head(
     def fit_fold(fold):
         """(P_val, P_test, metrics) of fold k, float32; fold -1: (None, raw full-fit P_test, {})."""
         t0 = time.time()
-        Xtr, Xte = _head_input(cfg, name, hcfg, fold, tr_ids, te_ids)
+        Xtr, Xte = _head_input(cfg, name, hcfg, fold, tr_ids, te_ids, classes)
         if fold == -1:  # one fit on all train rows for the test rows; the folds' temperature comes later
             model = make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes)
             P = logit_adjusted(model.predict_proba(Xte), class_prior(y, n_classes), tau)
