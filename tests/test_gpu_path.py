@@ -95,7 +95,7 @@ def test_cpu_bf16_embeddings_stay_close_to_float32_and_the_option_is_checked(dem
     with pytest.raises(ValueError, match="cpu_bf16"):
         use_cpu_bf16("yes")
     for native in (True, False):  # `auto` follows the CPU, and the cache key records which it was
-        monkeypatch.setattr(backbones, "cpu_bf16_native", lambda native=native: native)
+        monkeypatch.setattr(backbones.hardware, "cpu_bf16_native", lambda native=native: native)
         assert use_cpu_bf16("auto") is native
         assert precision_key({"cpu_bf16": "auto"}) == {"cpu_bf16_native": native}
     assert precision_key({"kind": "text"}) == {}  # sets without the option keep their keys

@@ -87,10 +87,11 @@ def _files_key(paths) -> str:
 
 
 class ImageCache:
-    """A split's decoded images: `array()` is the n x size x size x 3 uint8 memmap, `ok` the mask."""
+    """A split's decoded images: `array()` is the n x size x size x 3 uint8 memmap, `ok` the mask,
+    `key` what they were decoded from (data fingerprint, size, the files' sizes and mtimes)."""
 
-    def __init__(self, file: Path, n: int, size: int, ok: np.ndarray):
-        self.file, self.n, self.size, self.ok = Path(file), int(n), int(size), ok
+    def __init__(self, file: Path, n: int, size: int, ok: np.ndarray, key: str = ""):
+        self.file, self.n, self.size, self.ok, self.key = Path(file), int(n), int(size), ok, key
 
     def array(self) -> np.ndarray:
         return np.memmap(self.file, np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
@@ -118,7 +119,7 @@ def image_cache(
             meta = {}
         if meta.get("key") == key:
             log.info("images/%s at %d px: cached (%s)", split, size, file)
-            return ImageCache(file, len(paths), size, np.load(ok_file))
+            return ImageCache(file, len(paths), size, np.load(ok_file), key)
     meta_file.unlink(missing_ok=True)
     n, t0 = len(paths), time.time()
     np.memmap(file, np.uint8, mode="w+", shape=(max(n, 1), size, size, 3)).flush()  # zeros: no image
@@ -164,7 +165,7 @@ def image_cache(
         file,
         meta["bytes"] / 1e9,
     )
-    return ImageCache(file, n, size, ok)
+    return ImageCache(file, n, size, ok, key)
 
 
 class CachedRows:

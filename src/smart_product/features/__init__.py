@@ -9,7 +9,7 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
 - tfidf_sparse: the same TF-IDF matrix kept sparse (train.npz / test.npz) for linear heads.
 - navec:    mean navec vectors (shipped in `natasha`, nltk WordPunctTokenizer) of the shop title,
             the title, the dict keys and the dict values.
-- image:    pooled embeddings of an image backbone (backbones.py).
+- image:    pooled embeddings of an image backbone (../backbones/).
 - text:     pooled embeddings of a text encoder over a view: `all` (title + description +
             attributes + dict text) or `title`.
 image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
@@ -21,7 +21,8 @@ features/{set}/train.npy, test.npy.
 
 Image sets read the decode-once cache features/_images/{size}/ (images.py; `image_cache: false`
 decodes per pass instead), `tta: flip` averages each embedding with its mirror image's,
-`finetune.lora: {r, alpha, ...}` trains LoRA adapters (peft) of a text encoder, and `cpu_bf16:
+`finetune.lora: {r, alpha, ...}` trains LoRA adapters (peft) of a text encoder, `finetune.train_layers`
+/ `train_blocks: n` only the top n layers / stages over a label-free cache of the lower ones, and `cpu_bf16:
 auto` runs a backbone in bf16 autocast on a CPU with native bf16 (float32 elsewhere; a GPU always
 runs bf16). Folds as jobs: `make features FOLD=k` computes fold k of the per-fold sets; under
 torchrun the fine-tuning is DDP.
@@ -39,8 +40,8 @@ Where things are:
 - tabular.py   `tabular`, `listing`
 - tfidf.py     text views (`text_view`, `field_text`), `tfidf_sparse`, `tfidf`
 - wordvec.py   `navec`
-- backbone.py  image / text sets: `frozen_embed`, `finetuned_embed` (per fold, `train_layers` with
-               the label-free lower-layer cache), `load_finetuned`
+- backbone.py  image / text sets: `frozen_embed`, `finetuned_embed` (per fold; `train_layers` /
+               `train_blocks` over the label-free lower-layer caches), `load_finetuned`
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Image and text sets: a backbone's pooled embeddings, frozen (computed once) or fine-tuned per
 fold (fold k: trained on the other folds' rows, embeds every row). The fold loop of a per-fold
-set is in stage.py (make_features); the models and training loop in ../backbones.py."""
+set is in stage.py (make_features); the models and training loop in ../backbones/.
+
+`finetune.train_layers: n` (text) and `finetune.train_blocks: n` (images) train only the top of the
+backbone per fold, over the lower layers' outputs cached once for every row (they use no labels):
+features/_text/{key}/ (token states) and features/_maps/{key}/ (feature maps, with the mirrored
+photos' maps for `augment: mirror` or `tta: flip`)."""
 
 from __future__ import annotations
 
@@ -130,11 +135,52 @@ def frozen_embed(train, test, opts: dict, ctx: dict | None = None):
     )
 
 
+def _memmaps(folder: Path | None, split: str, specs: dict, fill) -> dict:
+    """The arrays {folder}/{split}.{name}.npy of `specs` ({name: (shape, dtype)}), memory-mapped; made
+    by `fill(arrays)` when one is missing: written aside, renamed when all are full (a killed run
+    leaves no half-written cache behind). With no folder: in memory."""
+    if folder is None:
+        arrays = {name: np.zeros(shape, dtype) for name, (shape, dtype) in specs.items()}
+        fill(arrays)
+        return arrays
+    paths = {name: folder / f"{split}.{name}.npy" for name in specs}
+    if not all(p.is_file() for p in paths.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        tmp = {name: folder / f"{split}.{name}.tmp.npy" for name in specs}
+        arrays = {
+            name: np.lib.format.open_memmap(tmp[name], mode="w+", dtype=dtype, shape=shape)
+            for name, (shape, dtype) in specs.items()
+        }
+        fill(arrays)
+        for a in arrays.values():
+            a.flush()
+        del arrays
+        for name in specs:
+            tmp[name].rename(paths[name])
+    return {name: np.load(p, mmap_mode="r") for name, p in paths.items()}
+
+
+def _shared_cache(folder: Path | None, make):
+    """torchrun: rank 0 runs `make()` (which writes the label-free cache into `folder`), the other
+    ranks wait for it, then read it by running `make()` too; a single process just runs it."""
+    from ..backbones import barrier, dist_info
+
+    rank, world = dist_info()
+    if folder and world > 1 and rank > 0:
+        barrier()
+    out = make()
+    if folder and world > 1 and rank == 0:
+        barrier()
+    return out
+
+
 def _lower_cache(enc, train, test, opts: dict, n_lower: int, ctx: dict | None):
     """The token states of every train and test text after the first n_lower layers of the set's
     (pretrained, frozen) text encoder. They use no labels, so they are computed once and shared by
     every fold: features/_text/{key}/{split}.states.npy (float16, memory-mapped) + .mask.npy."""
-    from ..backbones import StateRows, barrier, dist_info, lower_states, use_cpu_bf16
+    from ..backbones import StateRows, lower_states, use_cpu_bf16
 
     key = config_hash(
         {
@@ -148,39 +194,104 @@ def _lower_cache(enc, train, test, opts: dict, n_lower: int, ctx: dict | None):
         }
     )
     folder = Path(ctx["root"]) / "_text" / key[:16] if ctx else None
-    rank, world = dist_info()
-    if folder and world > 1 and rank > 0:
-        barrier()  # torchrun: rank 0 writes the cache, the others read it
-    out = {}
-    for split, frame in (("train", train), ("test", test)):
-        states_path = folder / f"{split}.states.npy" if folder else None
-        mask_path = folder / f"{split}.mask.npy" if folder else None
-        if folder and mask_path.is_file():  # the mask is written last: its presence means done
-            out[split] = StateRows(np.load(states_path, mmap_mode="r"), np.load(mask_path))
-            continue
-        texts = text_view(frame, opts.get("view", "all"))
-        shape = (len(texts), enc.max_length, enc.dim)
-        if folder:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f"{split}.states.tmp.npy"
-            states = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        else:
-            states = np.zeros(shape, np.float16)
-        mask = np.zeros(shape[:2], np.int8)
-        bs = _batch_size(opts)
-        lower_states(
-            enc, texts, n_lower, states, mask, bs, use_cpu_bf16(opts.get("cpu_bf16")), f"{opts['name']} {split}"
+    bf16, bs = use_cpu_bf16(opts.get("cpu_bf16")), _batch_size(opts)
+
+    def make():
+        out = []
+        for split, frame in (("train", train), ("test", test)):
+            texts = text_view(frame, opts.get("view", "all"))
+            specs = {
+                "states": ((len(texts), enc.max_length, enc.dim), np.float16),
+                "mask": ((len(texts), enc.max_length), np.int8),
+            }
+            desc = f"{opts['name']} {split}"
+            a = _memmaps(
+                folder,
+                split,
+                specs,
+                lambda a: lower_states(enc, texts, n_lower, a["states"], a["mask"], bs, bf16, desc),
+            )
+            out.append(StateRows(a["states"], a["mask"]))
+        return out
+
+    return _shared_cache(folder, make)
+
+
+def _map_cache(enc, train, test, opts: dict, n_lower: int, mirror: bool, ctx: dict | None):
+    """The feature maps of every train and test photo after the stem and the first n_lower stages of
+    the set's (pretrained, frozen) image encoder, and with `mirror` those of the mirrored photos.
+    They use no labels, so they are computed once, from the decode-once image cache, and shared by
+    every fold: features/_maps/{key}/{split}.maps.npy (float16 n x C x h x w, memory-mapped),
+    .mirror.npy, .ok.npy (False: no readable photo; zeros). The key: the model and its weights, the
+    image size, the cut, the precision and the decoded images."""
+    from ..backbones import MapRows, lower_maps, map_shape, use_cpu_bf16
+
+    if ctx is None or not opts.get("image_cache", True):
+        raise DataError(
+            f"config features.sets.{opts['name']}: finetune.train_blocks reads the decode-once image cache; "
+            "leave image_cache on"
         )
-        if folder:
-            states.flush()
-            del states
-            tmp.rename(states_path)
-            np_save_atomic(mask_path, mask)
-            states = np.load(states_path, mmap_mode="r")
-        out[split] = StateRows(states, mask)
-    if folder and world > 1 and rank == 0:
-        barrier()
-    return out["train"], out["test"]
+    images = {s: _items(f, opts, s, enc.size, ctx, sync=True) for s, f in (("train", train), ("test", test))}
+    key = config_hash(
+        {
+            "model": opts["model"],
+            "weights": opts.get("weights", "hub"),
+            "size": enc.size,
+            "mean": list(enc.mean),
+            "std": list(enc.std),
+            "lower_stages": n_lower,
+            "images": [images["train"].cache.key, images["test"].cache.key],
+            "cpu_bf16": opts.get("cpu_bf16"),
+            **precision_key(opts),
+        }
+    )
+    folder = Path(ctx["root"]) / "_maps" / key[:16]
+    shape, bf16, bs = map_shape(enc, n_lower), use_cpu_bf16(opts.get("cpu_bf16")), _batch_size(opts)
+
+    def make():
+        out = []
+        for split, rows in images.items():
+            n = len(rows)
+            specs = {"maps": ((n, *shape), np.float16)}
+            if mirror:
+                specs["mirror"] = ((n, *shape), np.float16)
+            specs["ok"] = ((n,), bool)
+
+            def fill(a, rows=rows, split=split):
+                lower_maps(enc, rows, n_lower, a["maps"], a.get("mirror"), bs, bf16, f"{opts['name']} {split}")
+                a["ok"][:] = rows.ok
+
+            a = _memmaps(folder, split, specs, fill)
+            out.append(MapRows(a["maps"], np.asarray(a["ok"]), a.get("mirror")))
+        return out
+
+    return _shared_cache(folder, make)
+
+
+def _check_finetune(opts: dict, ft: dict, params: set) -> None:
+    """A set's `finetune` block, checked before any work: known keys, and the top-only keys on the
+    kind they are for (train_layers: text; train_blocks and augment: images)."""
+    from ..backbones.lower import AUGMENT
+
+    where = f"config features.sets.{opts['name']}.finetune"
+    allowed = (params | {"train_blocks", "augment"}) - {
+        "encoder",
+        "kind",
+        "items",
+        "labels",
+        "n_classes",
+        "workers",
+        "desc",
+        "cpu_bf16",
+    }
+    if set(ft) - allowed:
+        raise DataError(f"{where}: unknown keys {sorted(set(ft) - allowed)} (one of {sorted(allowed)})")
+    if opts["kind"] != "image" and {"train_blocks", "augment"} & set(ft):
+        raise DataError(f"{where}: train_blocks and augment are for image sets (text sets: train_layers)")
+    if "augment" in ft and ft.get("train_blocks") is None:
+        raise DataError(f"{where}: augment is for train_blocks (cached maps); whole photos are augmented as decoded")
+    if ft.get("augment") not in AUGMENT:
+        raise DataError(f"{where}.augment: mirror, flip or none, not {ft['augment']!r}")
 
 
 def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: dict | None = None):
@@ -192,26 +303,12 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     from ..backbones import dist_info, finetune, use_cpu_bf16
 
     ft = dict(opts["finetune"])
-    allowed = set(inspect.signature(finetune).parameters) - {
-        "encoder",
-        "kind",
-        "items",
-        "labels",
-        "n_classes",
-        "workers",
-        "desc",
-        "cpu_bf16",
-    }
-    if set(ft) - allowed:
-        raise DataError(
-            f"config features.sets.{opts['name']}.finetune: unknown keys {sorted(set(ft) - allowed)} "
-            f"(one of {sorted(allowed)})"
-        )
+    _check_finetune(opts, ft, set(inspect.signature(finetune).parameters))
     fit = fold_of_row != k if k >= 0 else np.ones(len(train), bool)
     classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
     enc = _build(opts)
-    if opts["kind"] == "text" and ft.get("train_layers") is not None:
-        return _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx)
+    if ft.get("train_layers" if opts["kind"] == "text" else "train_blocks") is not None:
+        return _finetune_top(enc, train, test, opts, ft, fit, classes, y, k, ctx)
     items = _items(train, opts, "train", getattr(enc, "size", None), ctx, sync=True)
     rows = np.flatnonzero(fit)
     fit_items = items[rows] if not isinstance(items, list) else [items[i] for i in rows]
@@ -234,23 +331,42 @@ def finetuned_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ct
     return Xtr, Xte, train[ID].to_numpy()[fit], extra, enc
 
 
-def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
-    """`finetune.train_layers: n` on a text set: the lower layers stay as pretrained, so their token
-    states are read from the label-free cache (_lower_cache), and fold k trains only the top n
-    layers and the head on them, then embeds every row from the same cache."""
-    from ..backbones import TopEncoder, dist_info, embed, finetune, train_top_layers, use_cpu_bf16
+def _finetune_top(enc, train, test, opts, ft, fit, classes, y, k, ctx):
+    """`finetune.train_layers: n` (text) or `train_blocks: n` (images): the lower layers stay as
+    pretrained, so their outputs are read from a label-free cache shared by every fold
+    (_lower_cache, _map_cache), and fold k trains only the top n layers or stages and the head on
+    them, then embeds every row from the same cache. `augment` (images): mirror, flip or none
+    (../backbones/lower.py)."""
+    from ..backbones import (
+        TopBlocks,
+        TopEncoder,
+        dist_info,
+        embed,
+        finetune,
+        n_stages,
+        train_top_blocks,
+        train_top_layers,
+        use_cpu_bf16,
+    )
 
-    ft = dict(ft)
-    n_top = ft.pop("train_layers")
-    train_top_layers(enc, n_top)  # checks n; freezes the rest
-    n_lower = len(enc.model.encoder.layer) - n_top
-    states_train, states_test = _lower_cache(enc, train, test, opts, n_lower, ctx)
-    top = TopEncoder(enc, n_top)
+    ft, kind, tta = dict(ft), opts["kind"], opts.get("tta") == "flip"
+    if kind == "text":
+        n_top = ft.pop("train_layers")
+        train_top_layers(enc, n_top)  # checks n; freezes the rest
+        n_lower = len(enc.model.encoder.layer) - n_top
+        rows_train, rows_test = _lower_cache(enc, train, test, opts, n_lower, ctx)
+        top, fit_rows = TopEncoder(enc, n_top), rows_train[np.flatnonzero(fit)]
+    else:
+        n_top, augment = ft.pop("train_blocks"), ft.pop("augment", None)
+        train_top_blocks(enc, n_top)
+        n_lower = n_stages(enc) - n_top
+        rows_train, rows_test = _map_cache(enc, train, test, opts, n_lower, augment == "mirror" or tta, ctx)
+        top, fit_rows = TopBlocks(enc, n_top), rows_train[np.flatnonzero(fit)].augmented(augment)
     bf16, desc = use_cpu_bf16(opts.get("cpu_bf16")), f"{opts['name']} fold{k}"
     log_, head = finetune(
         top,
-        "text",
-        states_train[np.flatnonzero(fit)],
+        kind,
+        fit_rows,
         y[fit],
         len(classes),
         workers=opts.get("workers"),
@@ -259,17 +375,17 @@ def _finetune_top_layers(enc, train, test, opts, ft, fit, classes, y, k, ctx):
         return_head=True,
         **ft,
     )
-    log_["train_layers"] = n_top
+    log_["train_layers" if kind == "text" else "train_blocks"] = n_top
     if dist_info()[0] > 0:
         return None
     bs = _batch_size(opts)
-    Xtr, _, rate = embed(top, "text", states_train, bs, desc=f"{desc} train", cpu_bf16=bf16)
-    Xte, _, _ = embed(top, "text", states_test, bs, desc=f"{desc} test", cpu_bf16=bf16)
+    Xtr, _, rate = embed(top, kind, rows_train, bs, desc=f"{desc} train", tta=tta, cpu_bf16=bf16)
+    Xte, _, _ = embed(top, kind, rows_test, bs, desc=f"{desc} test", tta=tta, cpu_bf16=bf16)
     extra = {
         "finetune": log_,
         "rate_per_s": rate,
         "lower_layers_cached": n_lower,
-        "tta": None,
+        "tta": opts.get("tta"),
         "class_head": {**head, "classes": classes},
     }
     return Xtr, Xte, train[ID].to_numpy()[fit], extra, enc

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,226 @@ def _write_fold(folder: Path, key: str, P_val, P_te, m: dict) -> None:
     (folder / "metrics.json").write_text(json.dumps({**m, "key": key}, indent=2, default=str))
 
 
+@dataclass
+class HeadRun:
+    """One head's run: its config, where it writes, its cache keys and, once `load`ed, the labels and
+    folds. `fit_fold` fits one fold; `fold_result` reads a finished FOLD=k job's files instead."""
+
+    cfg: dict
+    name: str
+    hcfg: dict
+    params: dict
+    out_name: str
+    pseudo: dict | None = None
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, cfg, name, params=None, pseudo=None, out_name=None) -> HeadRun:
+        hcfg = head_configs(cfg).get(name)
+        if hcfg is None:
+            raise DataError(f"no head named {name!r} in the config ({sorted(head_configs(cfg))})")
+        if not hcfg.get("features"):
+            raise DataError(f"config heads.{name}: features list is empty")
+        if hcfg.get("calibrate") and getattr(HEADS.get(hcfg["kind"]), "logits", False):
+            raise DataError(
+                f"config heads.{name}: calibrate would fit a temperature on rows the fine-tuned classifier "
+                "was trained on; leave it off (the blend's procedures weigh the head on OOF rows)"
+            )
+        params = {**(hcfg.get("params") or {}), **(params or {})}
+        return cls(cfg, name, hcfg, params, out_name or name, pseudo)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg["out_dir"]) / "oof" / self.out_name
+
+    @property
+    def k(self) -> int:
+        return int(self.cfg.get("folds", {}).get("k", 5))
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.get("seed", 0))
+
+    @property
+    def full_fit(self) -> bool:
+        """Test rows from one fit on all train rows (fold -1), not the folds' mean."""
+        return self.hcfg.get("test_from") == "full" and self.pseudo is None
+
+    def fold_key(self, fold: int) -> str:
+        return fold_key(self.cfg, self.hcfg, self.params, fold, _pseudo_fold(self.pseudo, fold))
+
+    def fold_keys(self) -> dict:
+        return {str(f): self.fold_key(f) for f in [*range(self.k), *([-1] if self.full_fit else [])]}
+
+    def stored(self) -> dict | None:
+        """The metrics of the head's last finished run, if its files are there."""
+        if (self.out / "metrics.json").is_file() and (self.out / "oof.npy").is_file():
+            return json.loads((self.out / "metrics.json").read_text())
+        return None
+
+    def load(self) -> HeadRun:
+        train = load_split(self.cfg["data_dir"], "train", parse_text=False)
+        test = load_split(self.cfg["data_dir"], "test", parse_text=False)
+        classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
+        self.data = dict(
+            y=y,
+            classes=classes,
+            fold_of_row=load_folds(self.cfg, train),
+            tr_ids=train[ID].to_numpy(),
+            te_ids=test[ID].to_numpy(),
+        )
+        return self
+
+    def fold_result(self, fold: int, keys: dict, reuse: bool):
+        """(P_val, P_test, metrics, reused): a FOLD=k job's files when `reuse` and they match, else a fit."""
+        done = _read_fold(self.out / f"fold{fold}", keys[str(fold)]) if reuse else None
+        return (*done, True) if done is not None else (*self.fit_fold(fold), False)
+
+    def fit_fold(self, fold: int):
+        """(P_val, P_test, metrics) of fold k, float32; fold -1: (None, raw full-fit P_test, {})."""
+        d, hcfg, params, seed = self.data, self.hcfg, self.params, self.seed
+        y, n_classes, tau = d["y"], len(d["classes"]), float(hcfg.get("logit_adjust") or 0.0)
+        t0 = time.time()
+        Xtr, Xte = _head_input(self.cfg, self.name, hcfg, fold, d["tr_ids"], d["te_ids"], d["classes"])
+        if fold == -1:  # one fit on all train rows for the test rows; the folds' temperature comes later
+            model = make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes)
+            P = logit_adjusted(model.predict_proba(Xte), class_prior(y, n_classes), tau)
+            return None, P.astype(np.float32), {"fold": -1, "seconds": round(time.time() - t0, 2)}
+        fit_rows, val_rows = d["fold_of_row"] != fold, d["fold_of_row"] == fold
+        Xfit, yfit = _rows(Xtr, fit_rows), y[fit_rows]
+        n_pseudo = 0
+        if self.pseudo is not None and fold in self.pseudo:
+            mask, labels = self.pseudo[fold]
+            n_pseudo = int(mask.sum())
+            Xfit, yfit = _concat(Xfit, _rows(Xte, mask)), np.concatenate([y[fit_rows], labels[mask]])
+        model = make_head(hcfg["kind"], params, seed).fit(Xfit, yfit, n_classes)
+        prior = class_prior(y[fit_rows], n_classes)
+
+        def post(P):
+            return logit_adjusted(P, prior, tau)
+
+        P_val = post(model.predict_proba(_rows(Xtr, val_rows)))
+        P_te = post(model.predict_proba(Xte))
+        m = {}
+        if hcfg.get("calibrate"):
+            T = _temperature(hcfg, params, seed, model, Xfit, yfit, int(fit_rows.sum()), n_classes, post)
+            ll_raw = log_loss(P_val, y[val_rows])
+            P_val, P_te = tempered(P_val, T), tempered(P_te, T)
+            m.update(temperature=round(T, 4), logloss_raw=round(ll_raw, 5))
+        P_val, P_te = np.asarray(P_val, np.float32), np.asarray(P_te, np.float32)
+        m.update(scores(y[val_rows], P_val.argmax(1)))
+        m.update(
+            fold=fold,
+            seconds=round(time.time() - t0, 2),
+            fit_rows=int(fit_rows.sum()),
+            pseudo_rows=n_pseudo,
+            logloss=round(log_loss(P_val, y[val_rows]), 5),
+            best_iteration=getattr(model, "best_iteration", None),
+        )
+        log.info(
+            "%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)%s",
+            self.out_name,
+            fold,
+            m["weighted_f1"],
+            m["macro_f1"],
+            m["accuracy"],
+            m["rows"],
+            m["seconds"],
+            f", log loss {m['logloss_raw']:.4f} -> {m['logloss']:.4f} at T={m['temperature']:.3f}"
+            if "temperature" in m
+            else "",
+        )
+        return P_val, P_te, m
+
+    def full_fit_test(self, P_te, per_fold: list) -> np.ndarray:
+        """The full fit's test probabilities, tempered by the folds' temperatures' geometric mean."""
+        if self.hcfg.get("calibrate"):
+            P_te = tempered(P_te, float(np.exp(np.mean([np.log(f["temperature"]) for f in per_fold]))))
+        return np.asarray(P_te, np.float32)
+
+    def metrics(self, oof, per_fold: list, key: str, fold_keys: dict, seconds: float, reused: list) -> dict:
+        d = self.data
+        has = ~np.isnan(oof).any(1)
+        overall = scores(d["y"][has], oof[has].argmax(1))
+        overall["logloss"] = round(log_loss(oof[has], d["y"][has]), 5)
+        calibrate = bool(self.hcfg.get("calibrate", False))
+        if calibrate:
+            overall["logloss_raw"] = round(
+                float(np.average([m["logloss_raw"] for m in per_fold], weights=[m["rows"] for m in per_fold])), 5
+            )
+        never = int((d["fold_of_row"] == NEVER).sum())
+        log.info(
+            "%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows excluded)",
+            self.out_name,
+            overall["weighted_f1"],
+            overall["macro_f1"],
+            overall["accuracy"],
+            overall["rows"],
+            never,
+        )
+        return {
+            "head": self.out_name,
+            "key": key,
+            "fold_keys": fold_keys,
+            "kind": self.hcfg["kind"],
+            "features": self.hcfg.get("features") or [],
+            "params": self.params,
+            "calibrate": calibrate,
+            "logit_adjust": float(self.hcfg.get("logit_adjust") or 0.0),
+            "overall": overall,
+            "folds": per_fold,
+            "never_validated_rows": never,
+            "n_classes": int(len(d["classes"])),
+            # fit time: this run's, plus the FOLD=k jobs' for the folds it assembled
+            "seconds": seconds,
+            "folds_from_jobs": reused,
+        }
+
+    def write(self, oof, test_pred, test_folds, metrics: dict) -> None:
+        import shutil
+
+        out, d = self.out, self.data
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)  # written last: marks the folder finished
+        np.save(out / "oof.npy", oof)
+        np.save(out / "test.npy", test_pred)
+        np.save(out / "classes.npy", d["classes"])
+        np.save(out / "train_ids.npy", d["tr_ids"])
+        np.save(out / "test_ids.npy", d["te_ids"])
+        if test_folds is not None:
+            np.save(out / "test_folds.npy", test_folds)
+        (out / "config.json").write_text(
+            json.dumps(
+                {"head": self.hcfg, "params": self.params, "seed": self.seed, "data_dir": self.cfg["data_dir"]},
+                indent=2,
+                default=str,
+            )
+        )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
+            shutil.rmtree(f, ignore_errors=True)
+
+
+def _run_fold_job(run: HeadRun, fold: int, force: bool) -> dict:
+    """`FOLD=k`: fit fold k alone (k = -1: the full fit of `test_from: full`) into oof/{head}/fold{k}/."""
+    if fold == -1 and not run.full_fit:
+        log.info("oof/%s: no full fit (test_from: folds), nothing to do for fold -1", run.out_name)
+        return {}
+    if not -1 <= fold < run.k:
+        raise DataError(f"FOLD={fold}: the folds are 0..{run.k - 1} (and -1, the full fit)")
+    fkey, stored = run.fold_key(fold), None if force else run.stored()
+    if stored and stored.get("fold_keys", {}).get(str(fold)) == fkey:
+        log.info("oof/%s: fold %d already assembled, nothing to do", run.out_name, fold)
+        return stored
+    if not force and _read_fold(run.out / f"fold{fold}", fkey) is not None:
+        log.info("oof/%s/fold%d: cached, nothing to do", run.out_name, fold)
+        return json.loads((run.out / f"fold{fold}" / "metrics.json").read_text())
+    P_val, P_te, m = run.load().fit_fold(fold)
+    _write_fold(run.out / f"fold{fold}", fkey, P_val, P_te, m)
+    log.info("oof/%s/fold%d: written (a full `make train` assembles the folds)", run.out_name, fold)
+    return m
+
+
 def run_head(
     cfg: dict,
     name: str,
@@ -186,195 +407,42 @@ def run_head(
     """
     from tqdm import tqdm
 
-    hcfg = head_configs(cfg).get(name)
-    if hcfg is None:
-        raise DataError(f"no head named {name!r} in the config ({sorted(head_configs(cfg))})")
-    seed = int(cfg.get("seed", 0))
-    feats = hcfg.get("features") or []
-    if not feats:
-        raise DataError(f"config heads.{name}: features list is empty")
-    if hcfg.get("calibrate") and getattr(HEADS.get(hcfg["kind"]), "logits", False):
-        raise DataError(
-            f"config heads.{name}: calibrate would fit a temperature on rows the fine-tuned classifier "
-            "was trained on; leave it off (the blend's procedures weigh the head on OOF rows)"
-        )
-    out_name = out_name or name
-    out = Path(cfg["out_dir"]) / "oof" / out_name
-    params = {**(hcfg.get("params") or {}), **(params or {})}
-    full_fit = hcfg.get("test_from") == "full" and pseudo is None
-    k = int(cfg.get("folds", {}).get("k", 5))
-    stored = None
-    if write and not force and (out / "metrics.json").is_file() and (out / "oof.npy").is_file():
-        stored = json.loads((out / "metrics.json").read_text())
-    if fold_job is not None:  # one fold, as its own job
-        if fold_job == -1 and not full_fit:
-            log.info("oof/%s: no full fit (test_from: folds), nothing to do for fold -1", out_name)
-            return {}
-        if not -1 <= fold_job < k:
-            raise DataError(f"FOLD={fold_job}: the folds are 0..{k - 1} (and -1, the full fit)")
-        fkey = fold_key(cfg, hcfg, params, fold_job, _pseudo_fold(pseudo, fold_job))
-        if stored and stored.get("fold_keys", {}).get(str(fold_job)) == fkey:
-            log.info("oof/%s: fold %d already assembled, nothing to do", out_name, fold_job)
-            return stored
-        if not force and _read_fold(out / f"fold{fold_job}", fkey) is not None:
-            log.info("oof/%s/fold%d: cached, nothing to do", out_name, fold_job)
-            return json.loads((out / f"fold{fold_job}" / "metrics.json").read_text())
-    else:  # the head's key: its folds' keys (config, the feature files each fold reads, the folds, pseudo-labels)
-        from ..config import config_hash
+    from ..config import config_hash
 
-        fold_keys = {
-            str(f): fold_key(cfg, hcfg, params, f, _pseudo_fold(pseudo, f))
-            for f in [*range(k), *([-1] if full_fit else [])]
-        }
-        key = config_hash(fold_keys)
-        if stored and folds_to_run is None and stored.get("key") == key and (out / "test_folds.npy").is_file():
-            log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", out_name)
-            return stored
-    train = load_split(cfg["data_dir"], "train", parse_text=False)
-    test = load_split(cfg["data_dir"], "test", parse_text=False)
-    fold_of_row = load_folds(cfg, train)
-    classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
-    n_classes = len(classes)
-    tr_ids, te_ids = train[ID].to_numpy(), test[ID].to_numpy()
-    calibrate, tau = bool(hcfg.get("calibrate", False)), float(hcfg.get("logit_adjust") or 0.0)
-
-    def fit_fold(fold):
-        """(P_val, P_test, metrics) of fold k, float32; fold -1: (None, raw full-fit P_test, {})."""
-        t0 = time.time()
-        Xtr, Xte = _head_input(cfg, name, hcfg, fold, tr_ids, te_ids, classes)
-        if fold == -1:  # one fit on all train rows for the test rows; the folds' temperature comes later
-            model = make_head(hcfg["kind"], params, seed).fit(Xtr, y, n_classes)
-            P = logit_adjusted(model.predict_proba(Xte), class_prior(y, n_classes), tau)
-            return None, P.astype(np.float32), {"fold": -1, "seconds": round(time.time() - t0, 2)}
-        fit_rows, val_rows = fold_of_row != fold, fold_of_row == fold
-        Xfit, yfit = _rows(Xtr, fit_rows), y[fit_rows]
-        n_pseudo = 0
-        if pseudo is not None and fold in pseudo:
-            mask, labels = pseudo[fold]
-            n_pseudo = int(mask.sum())
-            Xfit, yfit = _concat(Xfit, _rows(Xte, mask)), np.concatenate([y[fit_rows], labels[mask]])
-        model = make_head(hcfg["kind"], params, seed).fit(Xfit, yfit, n_classes)
-        prior = class_prior(y[fit_rows], n_classes)
-
-        def post(P):
-            return logit_adjusted(P, prior, tau)
-
-        P_val = post(model.predict_proba(_rows(Xtr, val_rows)))
-        P_te = post(model.predict_proba(Xte))
-        m = {}
-        if calibrate:
-            T = _temperature(hcfg, params, seed, model, Xfit, yfit, int(fit_rows.sum()), n_classes, post)
-            ll_raw = log_loss(P_val, y[val_rows])
-            P_val, P_te = tempered(P_val, T), tempered(P_te, T)
-            m.update(temperature=round(T, 4), logloss_raw=round(ll_raw, 5))
-        P_val, P_te = np.asarray(P_val, np.float32), np.asarray(P_te, np.float32)
-        m.update(scores(y[val_rows], P_val.argmax(1)))
-        m.update(
-            fold=fold,
-            seconds=round(time.time() - t0, 2),
-            fit_rows=int(fit_rows.sum()),
-            pseudo_rows=n_pseudo,
-            logloss=round(log_loss(P_val, y[val_rows]), 5),
-            best_iteration=getattr(model, "best_iteration", None),
-        )
-        log.info(
-            "%s fold %d: weighted F1 %.4f, macro F1 %.4f, acc %.4f (%d rows, %.1fs)%s",
-            out_name,
-            fold,
-            m["weighted_f1"],
-            m["macro_f1"],
-            m["accuracy"],
-            m["rows"],
-            m["seconds"],
-            f", log loss {m['logloss_raw']:.4f} -> {m['logloss']:.4f} at T={m['temperature']:.3f}" if calibrate else "",
-        )
-        return P_val, P_te, m
-
+    run = HeadRun.make(cfg, name, params, pseudo, out_name)
     if fold_job is not None:
-        P_val, P_te, m = fit_fold(fold_job)
-        _write_fold(out / f"fold{fold_job}", fkey, P_val, P_te, m)
-        log.info("oof/%s/fold%d: written (a full `make train` assembles the folds)", out_name, fold_job)
-        return m
-
-    oof = np.full((len(train), n_classes), np.nan, np.float32)
-    test_pred = np.zeros((len(test), n_classes), np.float32)
-    folds_to_run = list(range(k)) if folds_to_run is None else list(folds_to_run)
-    test_folds = np.zeros((len(folds_to_run), len(test), n_classes), np.float16) if write else None
-    reused, per_fold, t_all, reused_s = [], [], time.time(), 0.0
-    runs = folds_to_run + ([-1] if full_fit and write else [])
-    for i, fold in enumerate(tqdm(runs, desc=f"{out_name} folds", mininterval=1)):
-        done = None if (force or not write) else _read_fold(out / f"fold{fold}", fold_keys[str(fold)])
-        if done is not None:
+        return _run_fold_job(run, fold_job, force)
+    keys = run.fold_keys()  # the head's key: its folds' (config, the feature files each reads, folds, pseudo-labels)
+    key, stored = config_hash(keys), run.stored() if write and not force else None
+    if stored and folds_to_run is None and stored.get("key") == key and (run.out / "test_folds.npy").is_file():
+        log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", run.out_name)
+        return stored
+    d = run.load().data
+    folds = list(range(run.k)) if folds_to_run is None else list(folds_to_run)
+    oof = np.full((len(d["y"]), len(d["classes"])), np.nan, np.float32)
+    test_pred = np.zeros((len(d["te_ids"]), len(d["classes"])), np.float32)
+    test_folds = np.zeros((len(folds), *test_pred.shape), np.float16) if write else None
+    per_fold, reused, t0, reused_s = [], [], time.time(), 0.0
+    for i, fold in enumerate(
+        tqdm(folds + ([-1] if run.full_fit and write else []), desc=f"{run.out_name} folds", mininterval=1)
+    ):
+        P_val, P_te, m, from_job = run.fold_result(fold, keys, reuse=write and not force)
+        if from_job:  # its fit time was spent in the FOLD=k job: counted, not lost
             reused.append(fold)
-        P_val, P_te, m = done if done is not None else fit_fold(fold)
-        if done is not None:  # its fit time was spent in the FOLD=k job: counted, not lost
             reused_s += float(m.get("seconds") or 0.0)
         m = {k_: v for k_, v in m.items() if k_ != "key"}
         if fold == -1:  # the full fit's test probabilities replace the folds' mean
-            test_pred = P_te
-            if calibrate:  # the folds' temperatures, geometric mean
-                test_pred = tempered(test_pred, float(np.exp(np.mean([np.log(f["temperature"]) for f in per_fold]))))
-            test_pred = np.asarray(test_pred, np.float32)
+            test_pred = run.full_fit_test(P_te, per_fold)
             continue
-        oof[fold_of_row == fold] = P_val
-        test_pred += P_te / len(folds_to_run)
+        oof[d["fold_of_row"] == fold] = P_val
+        test_pred += P_te / len(folds)
         if test_folds is not None:
             test_folds[i] = P_te
         per_fold.append(m)
     if reused:
-        log.info("oof/%s: folds %s read from FOLD=k jobs' files, not refit", out_name, reused)
-    has = ~np.isnan(oof).any(1)
-    overall = scores(y[has], oof[has].argmax(1))
-    overall["logloss"] = round(log_loss(oof[has], y[has]), 5)
-    if calibrate:
-        overall["logloss_raw"] = round(
-            float(np.average([m["logloss_raw"] for m in per_fold], weights=[m["rows"] for m in per_fold])), 5
-        )
-    never = int((fold_of_row == NEVER).sum())
-    metrics = {
-        "head": out_name,
-        "key": key,
-        "fold_keys": fold_keys,
-        "kind": hcfg["kind"],
-        "features": feats,
-        "params": params,
-        "calibrate": calibrate,
-        "logit_adjust": tau,
-        "overall": overall,
-        "folds": per_fold,
-        "never_validated_rows": never,
-        "n_classes": int(n_classes),
-        # fit time: this run's, plus the FOLD=k jobs' for the folds it assembled
-        "seconds": round(time.time() - t_all + reused_s, 2),
-        "folds_from_jobs": reused,
-    }
-    log.info(
-        "%s OOF: weighted F1 %.4f, macro F1 %.4f, acc %.4f on %d rows (%d never-validated rows excluded)",
-        out_name,
-        overall["weighted_f1"],
-        overall["macro_f1"],
-        overall["accuracy"],
-        overall["rows"],
-        never,
-    )
+        log.info("oof/%s: folds %s read from FOLD=k jobs' files, not refit", run.out_name, reused)
+    # the jobs' fit time added to this run's, unrounded: never below the folds' own sum
+    metrics = run.metrics(oof, per_fold, key, keys, round(time.time() - t0, 2) + reused_s, reused)
     if write:
-        import shutil
-
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)  # written last: marks the folder finished
-        np.save(out / "oof.npy", oof)
-        np.save(out / "test.npy", test_pred)
-        np.save(out / "classes.npy", classes)
-        np.save(out / "train_ids.npy", tr_ids)
-        np.save(out / "test_ids.npy", te_ids)
-        if test_folds is not None:
-            np.save(out / "test_folds.npy", test_folds)
-        (out / "config.json").write_text(
-            json.dumps(
-                {"head": hcfg, "params": params, "seed": seed, "data_dir": cfg["data_dir"]}, indent=2, default=str
-            )
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
-            shutil.rmtree(f, ignore_errors=True)
+        run.write(oof, test_pred, test_folds, metrics)
     return metrics

@@ -1,0 +1,187 @@
+"""Fine-tuning: a backbone (or the top of one over a lower-layer cache) and a linear class head,
+trained together on labelled rows; DDP under torchrun, LoRA or top layers only for text."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ConfigError, n_workers
+from ..images import BatchAugment, CachedRows
+from .batches import Loader
+from .distributed import dist_info
+from .embed import usable
+from .hardware import autocast, device, prepare, to_device
+from .lora import add_lora, merge_lora
+from .lower import MapRows, StateRows, train_top_layers
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """Encoder + linear class head as one module (what DDP wraps)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int):
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(encoder.dim, n_classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).float())
+
+
+def finetune(
+    encoder: nn.Module,
+    kind: str,
+    items,
+    labels,
+    n_classes: int,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    head_lr: float | None = None,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    label_smoothing: float = 0.1,
+    class_weights: bool = False,
+    lora: dict | None = None,
+    train_layers: int | None = None,
+    workers=None,
+    seed: int = 0,
+    cpu_bf16: bool = False,
+    desc="finetune",
+    return_head: bool = False,
+):
+    """Train encoder + a linear class head on (items, labels); the encoder is updated in place.
+
+    AdamW, linear warm-up then cosine decay, label smoothing or class weights. Images: resized
+    crop, flip and rotation, per image (PIL, paths) or on the batch tensor on the device
+    (CachedRows from the decode-once cache). `lora` (text): LoRA adapters through peft, merged
+    into the weights at the end. `train_layers` (text): only the top n layers and the head train
+    (train_top_layers). `cpu_bf16`: bf16 autocast on CPU too. Under torchrun
+    (init_distributed) the model is wrapped in DDP and each process trains on its shard of every
+    epoch; `batch_size` is the global batch. Returns a small training log; with `return_head`,
+    (log, {"weight": n_classes x dim, "bias": n_classes}) too: the trained class head, float32,
+    which maps `embed`'s vectors to the fine-tuned classifier's logits.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data.distributed import DistributedSampler
+
+    dev = device()
+    rank, world = dist_info()
+    torch.manual_seed(seed)
+    labels = np.asarray(labels, dtype=np.int64)  # cross-entropy wants int64 class codes
+    if lora and train_layers is not None:
+        raise ConfigError("finetune: lora and train_layers are two ways to train part of a model; use one")
+    if lora:
+        add_lora(encoder, lora)
+    if train_layers is not None:
+        train_top_layers(encoder, train_layers)
+    prepare(encoder, dev)
+    model = Classifier(encoder, n_classes).to(dev).train()
+    keep = usable(kind, items)  # rows without a usable image teach nothing
+    if isinstance(items, (CachedRows, StateRows, MapRows)):
+        items = items[np.flatnonzero(keep)]
+    else:
+        items = [it for it, k in zip(items, keep) if k]
+    labels = labels[keep]
+    per_rank = max(1, math.ceil(batch_size / world))
+    loader_set = Loader(encoder, kind)
+    sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    augment = BatchAugment(encoder.size) if isinstance(items, CachedRows) else None
+    in_loader = augment is not None and dev.type == "cpu" and n_workers(workers) > 0  # beside the compute
+    loader = loader_set.make(
+        items,
+        per_rank,
+        labels=labels,
+        train=True,
+        workers=workers,
+        sampler=sampler,
+        augment=augment if in_loader else None,
+        seed=seed,
+    )
+    if in_loader:
+        augment = None
+    elif augment is not None:
+        augment = augment.to(dev)
+    weight = None
+    if class_weights:
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+        weight = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0), device=dev)
+        weight = weight / weight[counts > 0].mean()
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": trainable, "lr": lr}, {"params": model.head.parameters(), "lr": head_lr or lr * 10}],
+        weight_decay=weight_decay,
+    )
+    net = model
+    if world > 1:
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    total = max(1, epochs * len(loader))
+    warm = int(total * warmup)
+
+    def schedule(step):
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    # On a CPU, convolutions train in float32 whatever `cpu_bf16` says: bf16 autocast halves the
+    # throughput of EfficientNet-Lite0's top stages' training steps there (65 against 147 rows/s on
+    # one core), while it speeds up their forward passes (874 against 509) and text encoders' training.
+    train_bf16 = cpu_bf16 and not (dev.type == "cpu" and kind == "image")
+    history, t0 = [], time.time()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        seen, loss_sum, correct = 0, 0.0, 0
+        for x, _, y in tqdm(
+            loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False, disable=rank > 0
+        ):
+            x, y = to_device(x, dev), y.to(dev)
+            if augment is not None:
+                x = augment(x)
+            with autocast(dev, train_bf16):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable + list(model.head.parameters()), 1.0)
+            opt.step()
+            sched.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
+        log.info(
+            "%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)",
+            desc,
+            epoch + 1,
+            history[-1]["loss"],
+            history[-1]["train_acc"],
+            time.time() - t0,
+            f", rank {rank} of {world}" if world > 1 else "",
+        )
+    merge_lora(encoder)
+    encoder.eval()
+    n_trainable = sum(p.numel() for p in trainable)
+    log_ = {
+        "history": history,
+        "rows": int(len(labels)),
+        "seconds": round(time.time() - t0, 2),
+        "world_size": world,
+        "rows_per_rank": len(sampler),
+        "trainable_params": int(n_trainable),
+        "lora": bool(lora),
+        "train_layers": train_layers,
+        "decode_once": isinstance(items, CachedRows),
+    }
+    if not return_head:
+        return log_
+    head = {k: v.detach().float().cpu().numpy() for k, v in model.head.state_dict().items()}
+    return log_, head
