@@ -366,3 +366,27 @@ def test_a_misspelt_finetune_key_is_a_config_error_before_any_work(demo_dir, mak
     with pytest.raises(DataError, match=r"finetune: unknown keys \['epoch'\]"):
         make_features(cfg)
     assert not (Path(cfg["out_dir"]) / "features" / "_images").exists()
+
+
+def test_a_16_bit_png_decodes_to_its_8_bit_photo_not_a_white_one(tmp_path):
+    """PIL's own RGB conversion clips 16-bit grayscale (PNG "I;16") to white; decode, the per-image
+    loader and the near-duplicate hash read the photo scaled to 8 bits instead."""
+    from PIL import Image
+
+    from smart_product.backbones.batches import ImageSet, _Transform
+    from smart_product.dups import _phash
+    from smart_product.images import decode
+
+    blobs = np.random.default_rng(0).random((8, 8)) * 255  # a smooth random photo, 16-bit and 8-bit
+    blobs = np.asarray(Image.fromarray(blobs.astype(np.uint8)).resize((64, 64), Image.BICUBIC), dtype=np.float64)
+    photo = (blobs / 255 * 65535 * 0.9).astype(np.uint16)
+    Image.fromarray(photo).save(tmp_path / "g16.png")
+    Image.fromarray((photo // 257).astype(np.uint8)).convert("RGB").save(tmp_path / "g8.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    x16, x8 = decode(tmp_path / "g16.png", 32), decode(tmp_path / "g8.png", 32)
+    assert (
+        abs(float(x16.mean()) - float(x8.mean())) < 1 and x16.mean() < 150 and np.abs(x16.astype(int) - x8).max() <= 1
+    )
+    item, ok, _ = ImageSet([tmp_path / "g16.png"], _Transform(32, train=False))[0]
+    assert ok and abs(float(item.float().mean()) - float(x8.mean())) < 2
+    assert _phash(str(tmp_path / "g16.png")) == _phash(str(tmp_path / "g8.png"))

@@ -141,8 +141,10 @@ def _phash(path: str | None) -> int | None:
         import imagehash
         from PIL import Image
 
+        from .images import to_rgb
+
         with Image.open(path) as im:
-            h = imagehash.phash(im.convert("RGB"))
+            h = imagehash.phash(to_rgb(im))
         return int("".join("1" if b else "0" for b in h.hash.ravel()), 2)
     except Exception:  # noqa: BLE001 - a corrupt image has no hash; counted by the caller
         return None

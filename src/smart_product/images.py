@@ -40,6 +40,17 @@ def has_path(path) -> bool:
     return path is not None and not (isinstance(path, float) and math.isnan(path))
 
 
+def to_rgb(img):
+    """A PIL image as 8-bit RGB. 16-bit grayscale (PNG "I;16", or "I" above 255) is scaled to 8 bits
+    first: PIL's own conversion clips it, and a 16-bit photo comes out all white."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        a = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def decode(path, size: int, draft: bool = True) -> np.ndarray | None:
     """One image as uint8 size x size x 3, or None when missing or unreadable.
 
@@ -54,7 +65,7 @@ def decode(path, size: int, draft: bool = True) -> np.ndarray | None:
         with Image.open(path) as img:
             if draft:
                 img.draft("RGB", (size, size))
-            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            return np.asarray(to_rgb(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
     except Exception:
         return None
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import n_workers
-from ..images import CachedBatches, CachedImageSet, CachedRows, has_path
+from ..images import CachedBatches, CachedImageSet, CachedRows, has_path, to_rgb
 from .hardware import device
 from .lower import MapRows, RowBatches, StateRows
 
@@ -35,7 +35,7 @@ class ImageSet(Dataset):
                 raise FileNotFoundError
             with Image.open(path) as img:
                 img.draft("RGB", (self.size, self.size))  # JPEG: decode at a reduced scale >= size
-                x = self.transform(img.convert("RGB"))
+                x = self.transform(to_rgb(img))
         except Exception:
             ok = False
             x = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
