@@ -1,17 +1,19 @@
 """What per-fold fine-tuning on 2 cores buys: the frozen backbones, the photo backbone fine-tuned, and
 MiniLM fine-tuned too, as blends over the heads of each row of one `make bench` run of
-benchmarks/finetune_table.yaml (all three rows' feature sets and heads in one run, so the shared
-sets and heads are computed once), each blend over 3 stacker seeds.
+benchmarks/finetune_table.yaml (cpu-large) or finetune_table_xl.yaml (cpu-xl): all three rows' feature
+sets and heads in one run, so the shared ones are computed once; the rows are the config's
+`finetune_table` (the heads each adds to the heads no row names); each blend over 3 stacker seeds.
 
     python -m smart_product bench --config benchmarks/finetune_table.yaml --data ../shared/data/flipkart \
         out_dir=runs/ft/flipkart "bench.peers=[svm]" bench.ablation=false
-    python benchmarks/finetune_table.py --run runs/ft/flipkart --seeds 0 1 2
+    python benchmarks/finetune_table.py --run runs/ft/flipkart --seeds 0 1 2   # --config ..._xl.yaml for its runs
 
 For a run with `bench.resplit=grouped` (make bench RESPLIT=grouped) the test score is the
 pseudo-test split's (RUN/resplit/solution.csv). Writes RUN/bench/finetune_table.md and .json: per
 row its new heads' OOF / test, the blend's OOF over the stacker seeds (mean, sd) with its test
-scores, the procedure chosen, and the row's time (the shared stages plus its own feature sets and
-heads; the run's peak RSS is for all rows' sets together, an upper bound for each).
+scores, the procedure chosen, and the row's time (the folds and the shared feature sets, its own
+feature sets and heads, and its blend: the mean over the seeds, a process each; the run's peak RSS
+is for all rows' sets together, an upper bound for each).
 """
 
 from __future__ import annotations
@@ -21,24 +23,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-BASE = ["tfidf_lr", "fields_lr", "knn_tfidf", "listing", "tfidf_lr_pl1"]
-ROWS = {
-    "frozen": {"key": "frozen", "heads": ["mlp", "lfda_knn"], "sets": ["image", "text"]},
-    "photo fine-tuned": {
-        "key": "photo",
-        "heads": ["mlp_img", "lfda_img", "knn_img", "img_cls"],
-        "sets": ["image_ft", "text"],
-    },
-    "+ MiniLM fine-tuned": {
-        "key": "minilm",
-        "heads": ["mlp_ft", "lfda_ft", "knn_img", "img_cls", "knn_txt", "txt_cls"],
-        "sets": ["image_ft", "text_ft"],
-    },
-}
 CONFIG = str(Path(__file__).with_name("finetune_table.yaml"))
 
 
@@ -62,43 +51,56 @@ def set_seconds(run: Path, name: str) -> float:
 
 
 def main() -> None:
+    from smart_product.config import load_config
+    from smart_product.features import feature_sets
+    from smart_product.heads import head_names
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="the out_dir of the bench run")
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--reuse", action="store_true", help="keep the blends an earlier table wrote (and timed)")
     args = ap.parse_args()
     run = Path(args.run).resolve()
+    cfg = load_config(args.config)
+    rows = cfg["finetune_table"]
     res = json.loads((run / "bench" / "results.json").read_text())
     data = run / "resplit" if res.get("resplit") else Path(res["data"])
     heads = {r["model"]: r for r in res["results"]}
     stages, head_s = res["stage_seconds"], res["head_seconds"]
-    all_sets = {s for row in ROWS.values() for s in row["sets"]}
-    shared_sets = sum(
-        set_seconds(run, f.name) for f in (run / "features").iterdir() if f.is_dir() and f.name[0] != "_"
-    ) - sum(set_seconds(run, s) for s in all_sets if (run / "features" / s).is_dir())
-    out = {"run": str(run), "data": str(data), "resplit": res.get("resplit"), "rows": {}}
+    base = [h for h in head_names(cfg) if not any(h in row for row in rows.values())]
+    sets = feature_sets(cfg)
+    out = {"run": str(run), "data": str(data), "resplit": res.get("resplit"), "base_heads": base, "rows": {}}
     lines = []
-    for row, spec in ROWS.items():
+    for i, (row, own) in enumerate(rows.items()):
         blends = []
         for seed in args.seeds:
-            name = f"ft_{spec['key']}_{seed}"
+            name = f"ft_row{i}_{seed}"
             cmd = [sys.executable, "-m", "smart_product", "blend", "--config", args.config, "--data", str(data)]
-            cmd += [f"out_dir={run}", f"seed={seed}", f"blend.name={name}"]
-            cmd.append(f"blend.heads=[{','.join(BASE + spec['heads'])}]")
-            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            cmd += [f"out_dir={run}", f"seed={seed}", f"blend.name={name}", f"blend.heads=[{','.join(base + own)}]"]
+            timing = run / "oof" / name / "blend_seconds.json"
+            if args.reuse and timing.exists():  # a blend an interrupted table already wrote
+                blend_s = json.loads(timing.read_text())["seconds"]
+            else:
+                t0 = time.time()
+                subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                blend_s = time.time() - t0
+                timing.write_text(json.dumps({"seconds": round(blend_s, 1)}))
             w = json.loads((run / "oof" / name / "weights.json").read_text())
             oof = round(w["oof_refit"]["weighted_f1"], 4)
-            blends.append({"seed": seed, "oof": oof, "test": test_score(run, name, data), "chosen": w["chosen"]})
+            test = test_score(run, name, data)
+            blends.append({"seed": seed, "oof": oof, "test": test, "chosen": w["chosen"], "seconds": round(blend_s)})
         oofs = np.array([b["oof"] for b in blends])
+        # the row's time: the folds, the feature sets its heads read (each once), its heads, its blend
+        used = {f for h in base + own for f in cfg["heads"][h.split("_pl")[0]]["features"] if f in sets}
         seconds = (
             stages["folds"]
-            + shared_sets
-            + sum(set_seconds(run, s) for s in spec["sets"])
-            + sum(float(head_s.get(h) or 0) for h in BASE + spec["heads"])
-            + stages["blend"]
+            + sum(set_seconds(run, f) for f in used)
+            + sum(float(head_s.get(h) or 0) for h in base + own)
+            + np.mean([b["seconds"] for b in blends])
         )
         out["rows"][row] = {
-            "heads": {h: {k: heads[h][k] for k in ("oof_weighted_f1", "test_weighted_f1")} for h in spec["heads"]},
+            "heads": {h: {k: heads[h][k] for k in ("oof_weighted_f1", "test_weighted_f1")} for h in own},
             "blends": blends,
             "oof_mean": round(float(oofs.mean()), 4),
             "oof_sd": round(float(oofs.std(ddof=1)), 4) if len(oofs) > 1 else None,
@@ -117,7 +119,8 @@ def main() -> None:
         [
             f"{data.name} ({res['train_rows']} train / {res['test_rows']} test rows, {res['classes']} classes)"
             + (f", {res['resplit']['kind']} resplit seed {res['resplit']['seed']}" if res.get("resplit") else "")
-            + f"; stacker seeds {args.seeds}; peak RSS of the run (all rows' sets) {res['peak_rss_gib']} GiB",
+            + f"; config {cfg['name']}, base heads {', '.join(base)}; stacker seeds {args.seeds}; "
+            f"peak RSS of the run (all rows' sets) {res['peak_rss_gib']} GiB",
             "",
             "| row | its heads: OOF / test | blend OOF: mean (sd) | blend test by seed | chosen | time |",
             "|---|---|---|---|---|---|",

@@ -228,7 +228,7 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(
 ):
     """No readable image in the data: the image set is skipped with one log line (no model is built,
     no blank image is embedded), the head that lists it runs on its other sets, and the blend
-    writes a valid submission."""
+    writes a valid submission; a head over the image set alone is skipped."""
     import shutil
 
     from smart_product.blend import run_blend
@@ -267,9 +267,15 @@ def test_a_catalogue_without_images_skips_the_image_set_and_still_submits(
     run_blend(cfg)
     sub_path = Path(cfg["out_dir"]) / "submissions" / "blend.csv"
     check_against_data(read_submission(sub_path), data, sub_path)  # every test id once, train classes
-    only_image = {**cfg, "heads": {"img": {"kind": "linear", "features": ["image"]}}}
+    # a head that reads the image set alone is skipped (logged) in a run of every head, and fails
+    # with a clear error when asked for by name
+    with_image_head = {**cfg, "heads": {**cfg["heads"], "img": {"kind": "linear", "features": ["image"]}}}
+    with caplog.at_level("WARNING"):
+        assert set(train_heads(with_image_head)) == {"lr"}
+    assert "heads.img: skipped, every feature set it reads was skipped" in caplog.text
+    assert not (Path(cfg["out_dir"]) / "oof" / "img").exists()
     with pytest.raises(DataError, match="was skipped"):
-        train_heads(only_image)
+        train_heads(with_image_head, only=["img"])
 
 
 def test_embed_never_pushes_a_row_without_image_through_the_model(demo_dir):

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, fold=None) -> dict:
     """Run the enabled heads (or `only` these), then the pseudo-label rounds. A head with
     `max_classes: N` is skipped, with a log line, on a catalogue of more classes: a one-vs-rest
-    liblinear head fits one problem per class. `fold=k` (FOLD=k): fold k of every head and
+    liblinear head fits one problem per class; so is a head whose every feature set was skipped (an
+    image-only head on a catalogue without photos). `fold=k` (FOLD=k): fold k of every head and
     pseudo-label round only, into oof/{head}/fold{k}/; a later run without it assembles them."""
     from ..features import parse_fold
 
@@ -31,6 +32,9 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
             if n_classes > limit:
                 log.warning("heads.%s: skipped, the catalogue has %d classes > its max_classes %d", n, n_classes, limit)
                 names.remove(n)
+    for n in [n for n in names if not only and _reads_only_skipped(cfg, heads[n])]:
+        log.warning("heads.%s: skipped, every feature set it reads was skipped (absent modality)", n)
+        names.remove(n)
     pcfg = pseudo_config(cfg)
     skipped = [h for h in pcfg["heads"] + pcfg["sources"] if h not in names and not only]
     if pcfg["rounds"] and skipped:
@@ -40,3 +44,13 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
     if pcfg["rounds"] and not only:
         results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
     return results
+
+
+def _reads_only_skipped(cfg: dict, hcfg: dict) -> bool:
+    """Whether every feature set the head reads was skipped (features/{set}/meta.json says so)."""
+    from pathlib import Path
+
+    from ..features.store import is_skipped
+
+    sets = hcfg.get("features") or []
+    return bool(sets) and all(is_skipped(Path(cfg["out_dir"]) / "features" / f) for f in sets)
