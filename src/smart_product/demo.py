@@ -117,13 +117,8 @@ def _recolour(rng, params: dict) -> dict:
     }
 
 
-def _draw_image(rng, params: dict):
-    from PIL import Image, ImageDraw, ImageFilter
-
-    shape, texture, size, bg, col = (params[k] for k in ("shape", "texture", "size", "bg", "col"))
-    r, cx, cy, rot = params["r"], params["cx"], params["cy"], params["rot"]
-    img = Image.new("RGB", (size, size), bg)
-    d = ImageDraw.Draw(img)
+def draw_shape(d, shape: str, cx: float, cy: float, r: float, rot: float, col) -> None:
+    """One of SHAPES, filled with `col`, centred at (cx, cy), radius r, turned by rot, on a PIL ImageDraw."""
 
     def poly(n, radius, phase=0.0):
         return [
@@ -162,6 +157,17 @@ def _draw_image(rng, params: dict):
         d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=col)
     elif shape == "bar":
         d.rectangle([cx - r * 1.3, cy - r * 0.35, cx + r * 1.3, cy + r * 0.35], fill=col)
+
+
+def _draw_image(rng, params: dict):
+    from PIL import Image, ImageDraw, ImageFilter
+
+    shape, texture, size, bg, col = (params[k] for k in ("shape", "texture", "size", "bg", "col"))
+    r, cx, cy, rot = params["r"], params["cx"], params["cy"], params["rot"]
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+
+    draw_shape(d, shape, cx, cy, r, rot, col)
     if texture == "stripes":
         for x in range(0, size, 8):
             d.line([(x, 0), (x - size, size)], fill=bg, width=2)

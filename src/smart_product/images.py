@@ -41,10 +41,13 @@ def has_path(path) -> bool:
 
 
 def to_rgb(img):
-    """A PIL image as 8-bit RGB. 16-bit grayscale (PNG "I;16", or "I" above 255) is scaled to 8 bits
-    first: PIL's own conversion clips it, and a 16-bit photo comes out all white."""
-    from PIL import Image
+    """A PIL image as 8-bit RGB, upright. 16-bit grayscale (PNG "I;16", or "I" above 255) is scaled
+    to 8 bits first: PIL's own conversion clips it, and a 16-bit photo comes out all white. A photo
+    stored turned with an EXIF orientation (as phone cameras write them) is turned back."""
+    from PIL import Image, ImageOps
 
+    if img.getexif().get(0x0112, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
         a = np.asarray(img, dtype=np.float32)
         img = Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8), "L")
