@@ -57,6 +57,38 @@ def test_decode_once_array_matches_pil_resize_and_is_cached(demo_dir, tmp_path):
     assert json.loads(meta.read_text())["no_image"] == 3
 
 
+def test_a_killed_decode_resumes_after_its_last_chunk_and_ends_byte_equal(demo_dir, tmp_path, monkeypatch):
+    """The process dies during the image cache (here: the third chunk raises); the rerun decodes
+    only the chunks not recorded as flushed, and the cache comes out byte-equal to an
+    uninterrupted run's."""
+    import smart_product.images as images
+
+    monkeypatch.setattr(images, "CHUNK", 16)
+    paths = load_split(demo_dir, "train", False).image_path.tolist()[:100]
+    paths[3], paths[40] = None, str(tmp_path / "missing.jpg")
+    whole = image_cache(tmp_path / "whole", "train", paths, 48, data_fp="x", workers=0)
+    real, calls = images._decode_chunk, []
+
+    def dies_on_the_third(task):
+        calls.append(task[3])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill would, after two chunks were flushed
+        return real(task)
+
+    monkeypatch.setattr(images, "_decode_chunk", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        image_cache(tmp_path / "cut", "train", paths, 48, data_fp="x", workers=0)
+    folder = tmp_path / "cut" / "_images" / "48"
+    assert not (folder / "train.json").exists() and (folder / "train.partial.npz").exists()
+    calls.clear()
+    monkeypatch.setattr(images, "_decode_chunk", lambda task: calls.append(task[3]) or real(task))
+    resumed = image_cache(tmp_path / "cut", "train", paths, 48, data_fp="x", workers=0)
+    assert calls == [32, 48, 64, 80, 96]  # chunks 0 and 1 were not decoded again
+    assert resumed.array().tobytes() == whole.array().tobytes()
+    assert np.array_equal(resumed.ok, whole.ok) and not resumed.ok[[3, 40]].any()
+    assert not (folder / "train.partial.npz").exists() and (folder / "train.json").exists()
+
+
 def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):
     from smart_product.backbones import build_image_encoder, embed
 

@@ -9,6 +9,9 @@ transform), with worker processes and a progress bar, into
     {root}/_images/{size}/{split}.json      key (data fingerprint, size, the files' sizes and
                                             mtimes), shape, seconds, images/s; written last
 
+A killed decode resumes: each chunk of CHUNK images is recorded in {split}.partial.npz once its
+pixels are flushed, and a rerun with the same key decodes only the chunks not recorded there.
+
 Fine-tuning and embedding then read batches from the memmap (`CachedRows`, `CachedImageSet`)
 and augment on the batch tensor, on the GPU when there is one (`BatchAugment`, kornia):
 per-fold fine-tuning reads every image (K + 1) x (epochs + embedding passes) times, and
@@ -79,9 +82,8 @@ def _decode_chunk(task):
     ok = np.zeros(len(paths), bool)
     for i, p in enumerate(paths):
         x = decode(p, size, draft)
-        if x is not None:
-            arr[start + i] = x
-            ok[i] = True
+        arr[start + i] = 0 if x is None else x  # zeros: no image (also over a killed run's pixels)
+        ok[i] = x is not None
     arr.flush()
     return start, ok
 
@@ -98,6 +100,28 @@ def _files_key(paths) -> str:
             st = None
         h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _resume(partial: Path, key: str, file: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ok mask and the chunks done of an interrupted decode of the same key into `file`, or a
+    fresh start: the file zeroed, nothing done."""
+    n_chunks = -(-n // CHUNK)
+    try:
+        with np.load(partial) as z:
+            if str(z["key"]) == key and file.stat().st_size == max(n, 1) * size * size * 3:
+                ok, done = z["ok"].copy(), z["done"].copy()
+                log.info("images: resuming %s, %d of %d chunks already decoded", file, int(done.sum()), n_chunks)
+                return ok, done
+    except (OSError, KeyError, ValueError):
+        pass
+    np.memmap(file, np.uint8, mode="w+", shape=(max(n, 1), size, size, 3)).flush()  # zeros: no image
+    return np.zeros(n, bool), np.zeros(n_chunks, bool)
+
+
+def _save_partial(partial: Path, key: str, ok: np.ndarray, done: np.ndarray) -> None:
+    tmp = partial.with_name(partial.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), ok=ok, done=done)
+    os.replace(tmp, partial)
 
 
 class ImageCache:
@@ -136,24 +160,30 @@ def image_cache(
             return ImageCache(file, len(paths), size, np.load(ok_file), key)
     meta_file.unlink(missing_ok=True)
     n, t0 = len(paths), time.time()
-    np.memmap(file, np.uint8, mode="w+", shape=(max(n, 1), size, size, 3)).flush()  # zeros: no image
-    ok = np.zeros(n, bool)
+    ok, done = _resume(folder / f"{split}.partial.npz", key, file, n, size)
     tasks = [(str(file), max(n, 1), size, s, paths[s : s + CHUNK], draft) for s in range(0, n, CHUNK)]
+    todo = [t for i, t in enumerate(tasks) if not done[i]]
     workers = n_workers(workers)
-    bar = tqdm(total=n, desc=f"decode {split} images at {size}px", mininterval=2, leave=False)
-    if workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
-            for start, got in pool.map(_decode_chunk, tasks):
-                ok[start : start + len(got)] = got
-                bar.update(len(got))
+    bar = tqdm(total=n, initial=n - sum(len(t[4]) for t in todo), desc=f"decode {split} images at {size}px")
+    bar.mininterval, bar.leave = 2, False
+
+    def finished(start, got):  # a chunk's pixels are flushed: record it, so a killed run resumes after it
+        ok[start : start + len(got)] = got
+        done[start // CHUNK] = True
+        _save_partial(folder / f"{split}.partial.npz", key, ok, done)
+        bar.update(len(got))
+
+    if workers > 0 and len(todo) > 1:
+        with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+            for start, got in pool.map(_decode_chunk, todo):
+                finished(start, got)
     else:
-        for task in tasks:
-            start, got = _decode_chunk(task)
-            ok[start : start + len(got)] = got
-            bar.update(len(got))
+        for task in todo:
+            finished(*_decode_chunk(task))
     bar.close()
     seconds = time.time() - t0
     np.save(ok_file, ok)
+    (folder / f"{split}.partial.npz").unlink(missing_ok=True)
     meta = {
         "key": key,
         "split": split,
