@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,3 +99,65 @@ def test_add_photos_is_deterministic_and_a_listing_shares_its_shot(add_photos, d
     other = np.abs(photo("shop|mug", 1) - photo("shop|cup", 3)).mean()  # the same class, another listing
     assert same < other / 2
     assert add_photos.class_look(3) != add_photos.class_look(4)
+
+
+def test_each_odd_upload_through_the_eda_and_the_image_features(add_photos, demo_dir, tmp_path, make_cfg):
+    """On a small catalogue with one upload of each odd kind: the unreadable ones (truncated, empty,
+    missing) are counted, listed in reports/eda/images_broken.csv and embed as zeros with
+    has_image = False; the readable odd ones embed; no other row's embedding changes."""
+    import json
+
+    from smart_product.data import ID
+    from smart_product.eda import run_eda
+    from smart_product.features import make_features
+    from smart_product.folds import make_folds
+
+    out = tmp_path / "catalogue"
+    add_photos.main(["--data", str(demo_dir), "--out", str(out), "--size", "48", "--broken", "0", "--workers", "2"])
+    odd = pd.read_csv(out / "photos_odd.csv")
+    sets = (
+        "features.sets={tabular: {kind: tabular}, image: {kind: image, model: test_efficientnet, "
+        "weights: random, image_size: 32}}"
+    )
+    cfg = make_cfg(out, sets, "folds.dups.image_hamming=null")
+    make_folds(cfg)
+    make_features(cfg)
+    run_eda(cfg)
+    broken = pd.read_csv(Path(cfg["out_dir"]) / "reports" / "eda" / "images_broken.csv")
+    unreadable = odd[odd["kind"].isin(["truncated", "empty", "missing"])]
+    assert sorted(broken[ID]) == sorted(unreadable[ID])
+    assert dict(zip(broken[ID], broken["status"])) == {
+        pid: "missing" if k == "missing" else "corrupt" for pid, k in zip(unreadable[ID], unreadable["kind"])
+    }
+
+    # the same catalogue with every odd photo replaced by its row's plain one
+    plain = tmp_path / "plain"
+    shutil.copytree(out, plain, symlinks=True)
+    plan = add_photos.plan(demo_dir, 0, 0.0).set_index(ID)
+    for pid in odd[ID]:
+        split, look = plan.loc[pid, "split"], add_photos.class_look(int(plan.loc[pid, "cls"]))
+        (plain / "images" / split / f"{pid}.jpg").unlink(missing_ok=True)
+        add_photos._job((pid, split, look, plan.loc[pid, "key"], "ok", 48, 90, 0, str(plain / "images")))
+    cfg_plain = make_cfg(plain, sets, "folds.dups.image_hamming=null", f"out_dir={tmp_path / 'work_plain'}")
+    make_folds(cfg_plain)
+    make_features(cfg_plain)
+
+    def matrices(c):
+        root = Path(c["out_dir"]) / "features"
+        tab = json.loads((root / "tabular" / "meta.json").read_text())["columns"].index("has_image")
+        ids = np.concatenate([np.load(root / "image" / f"{s}_ids.npy") for s in ("train", "test")])
+        img = np.vstack([np.load(root / "image" / f"{s}.npy") for s in ("train", "test")])
+        has = np.concatenate([np.load(root / "tabular" / f"{s}.npy")[:, tab] for s in ("train", "test")])
+        return pd.Series(range(len(ids)), index=ids), img, has
+
+    at, img, has = matrices(cfg)
+    at_p, img_p, has_p = matrices(cfg_plain)
+    for pid, kind in zip(odd[ID], odd["kind"]):
+        i = at[pid]
+        if kind in ("truncated", "empty", "missing"):
+            assert not img[i].any() and has[i] == 0, kind
+        else:
+            assert img[i].any() and has[i] == 1, kind
+    others = np.setdiff1d(at.index, odd[ID])
+    assert np.array_equal(img[at[others].to_numpy()], img_p[at_p[others].to_numpy()])
+    assert (has_p == 1).all()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from html import unescape
@@ -368,9 +369,19 @@ def _image_status(path: str | None, deep: bool) -> str:
                 img.load()
             else:
                 img.verify()
+                if img.format == "JPEG" and not _ends_a_jpeg(path):
+                    return "corrupt"  # truncated: verify() reads the headers only; decoding would fail
     except Exception:
         return "corrupt"
     return "ok"
+
+
+def _ends_a_jpeg(path) -> bool:
+    """Whether the file's last KB holds the JPEG end-of-image marker (an upload cut short lacks it)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        return b"\xff\xd9" in f.read()
 
 
 def check_images(frame: pd.DataFrame, deep: bool = False, workers: int = 8) -> pd.DataFrame:
