@@ -56,18 +56,23 @@ def parse(variant: str) -> tuple[int, int, int]:
     return (length, 2, 0) if variant.endswith("frozen") else (length, int(m.group(2)), int(m.group(3)))
 
 
-def sample(data: str, rows: int, seed: int):
-    """`rows` train rows, stratified, of classes with at least 5 of them; an 80/20 stratified split."""
+def stratified_sample(frame, rows: int, seed: int):
+    """`rows` rows of `frame`, stratified, of classes with at least 5 of them; an 80/20 stratified
+    split: (train rows, held-out rows, classes)."""
     from sklearn.model_selection import train_test_split
 
-    frame = load_split(data, "train")
     counts = frame[TARGET].map(frame[TARGET].value_counts())
     frame = frame[counts >= 5]
     if rows < len(frame):
         frame, _ = train_test_split(frame, train_size=rows, stratify=frame[TARGET], random_state=seed)
         frame = frame[frame[TARGET].map(frame[TARGET].value_counts()) >= 2]  # a class the sample cut to one row
     tr, va = train_test_split(frame, test_size=0.2, stratify=frame[TARGET], random_state=seed)
-    classes = np.unique(frame[TARGET])
+    return tr, va, np.unique(frame[TARGET])
+
+
+def sample(data: str, rows: int, seed: int):
+    """`rows` train titles (stratified_sample): train texts, labels, held-out texts, labels, classes."""
+    tr, va, classes = stratified_sample(load_split(data, "train"), rows, seed)
     return (
         text_view(tr, "title"),
         np.searchsorted(classes, tr[TARGET]),

@@ -60,20 +60,13 @@ def parse(variant: str) -> tuple[int, int, int, str | None]:
 
 
 def sample(data: str, rows: int, seed: int):
-    """`rows` train rows with a readable photo, stratified, of classes with at least 5 of them; an
-    80/20 stratified split."""
-    from sklearn.model_selection import train_test_split
+    """`rows` train rows with a readable photo (e5_choices.stratified_sample): train rows, labels,
+    held-out rows, labels, classes."""
+    from e5_choices import stratified_sample
 
     frame = load_split(data, "train")
     frame = apply_image_status(frame, check_images(frame), "train")
-    frame = frame[frame["has_image"]]
-    counts = frame[TARGET].map(frame[TARGET].value_counts())
-    frame = frame[counts >= 5]
-    if rows < len(frame):
-        frame, _ = train_test_split(frame, train_size=rows, stratify=frame[TARGET], random_state=seed)
-        frame = frame[frame[TARGET].map(frame[TARGET].value_counts()) >= 2]  # a class the sample cut to one row
-    tr, va = train_test_split(frame, test_size=0.2, stratify=frame[TARGET], random_state=seed)
-    classes = np.unique(frame[TARGET])
+    tr, va, classes = stratified_sample(frame[frame["has_image"]], rows, seed)
     return tr, np.searchsorted(classes, tr[TARGET]), va, np.searchsorted(classes, va[TARGET]), len(classes)
 
 

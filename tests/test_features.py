@@ -316,6 +316,14 @@ def test_top_layers_over_cached_lower_states_embed_as_the_whole_encoder(demo_dir
 FT_HEAD = "heads={cls: {kind: finetuned, features: [txt_top]}}"  # the fine-tuned classifier itself
 
 
+def _fold2_kept_fold0_changed(a_dir: Path, b_dir: Path) -> None:
+    """A per-fold set made on labels whose fold 2 was permuted (b) against the original (a)."""
+    for name in ("train.npy", "test.npy"):  # fold 2's features: its own labels never reached them
+        assert np.array_equal(np.load(a_dir / "fold2" / name), np.load(b_dir / "fold2" / name))
+    # fold 0 trained on fold 2's (permuted) labels
+    assert not np.allclose(np.load(a_dir / "fold0" / "train.npy"), np.load(b_dir / "fold0" / "train.npy"))
+
+
 def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_states_once(
     demo_dir, make_cfg, copy_data, tmp_path
 ):
@@ -357,11 +365,7 @@ def test_fine_tuning_the_top_layers_keeps_the_fold_rule_and_computes_the_lower_s
     (cache_b,) = (out_b / "features" / "_text").iterdir()
     for split in ("train", "test"):  # the lower states never depend on a label
         assert np.array_equal(np.load(cache / f"{split}.states.npy"), np.load(cache_b / f"{split}.states.npy"))
-    for name in ("train.npy", "test.npy"):  # fold 2's features: its own labels never reached them
-        a, b = (np.load(r / "txt_top" / "fold2" / name) for r in (root, out_b / "features"))
-        assert np.array_equal(a, b)
-    a, b = (np.load(r / "txt_top" / "fold0" / "train.npy") for r in (root, out_b / "features"))
-    assert not np.allclose(a, b)  # fold 0 trained on fold 2's (permuted) labels
+    _fold2_kept_fold0_changed(root / "txt_top", out_b / "features" / "txt_top")
     assert (cache / "train.states.npy").stat().st_mtime_ns == stamp
 
 
@@ -437,7 +441,7 @@ IMG_TOP = (
 
 
 def test_fine_tuning_the_top_blocks_keeps_the_fold_rule_and_computes_the_lower_maps_once(
-    demo_dir, make_cfg, copy_data, tmp_path
+    demo_dir, make_cfg, permute_fold, tmp_path
 ):
     """Permuting fold 2's labels leaves the cached lower maps (and their mirror images) and fold 2's
     image features byte-equal, while fold 0's change; the maps are computed once for all folds."""
@@ -459,24 +463,16 @@ def test_fine_tuning_the_top_blocks_keeps_the_fold_rule_and_computes_the_lower_m
     meta = json.loads((root / "img_top" / "fold2" / "meta.json").read_text())
     assert meta["lower_layers_cached"] == 3 and meta["finetune"]["train_blocks"] == 2
     assert meta["finetune"]["history"][-1]["loss"] < meta["finetune"]["history"][0]["loss"]
-    folds = pd.read_csv(Path(cfg["out_dir"]) / "folds" / "folds.csv")
-    train = pd.read_parquet(demo_dir / "train.parquet")
-    in2 = train.product_id.isin(folds.product_id[folds.fold == 2]).to_numpy()
-    train.loc[in2, "category_id"] = np.random.default_rng(0).permutation(train.loc[in2, "category_id"].to_numpy())
-    assert (train.category_id != pd.read_parquet(demo_dir / "train.parquet").category_id).sum() > 100
+    data_b, _, _ = permute_fold(Path(cfg["out_dir"]) / "folds" / "folds.csv", 2)
     out_b = tmp_path / "b"
-    cfg_b = make_cfg(copy_data(train), IMG_TOP, head, "folds.k=3", "pseudo.rounds=0", f"out_dir={out_b}")
+    cfg_b = make_cfg(data_b, IMG_TOP, head, "folds.k=3", "pseudo.rounds=0", f"out_dir={out_b}")
     (out_b / "folds").mkdir(parents=True)
     (out_b / "folds" / "folds.csv").write_text((Path(cfg["out_dir"]) / "folds" / "folds.csv").read_text())
     make_features(cfg_b)
     (cache_b,) = (out_b / "features" / "_maps").iterdir()
     for f in cache.iterdir():  # the lower maps never depend on a label
         assert np.array_equal(np.load(f), np.load(cache_b / f.name)), f.name
-    for name in ("train.npy", "test.npy"):  # fold 2's features: its own labels never reached them
-        a, b = (np.load(r / "img_top" / "fold2" / name) for r in (root, out_b / "features"))
-        assert np.array_equal(a, b)
-    a, b = (np.load(r / "img_top" / "fold0" / "train.npy") for r in (root, out_b / "features"))
-    assert not np.allclose(a, b)  # fold 0 trained on fold 2's (permuted) labels
+    _fold2_kept_fold0_changed(root / "img_top", out_b / "features" / "img_top")
     assert (cache / "train.maps.npy").stat().st_mtime_ns == stamp
 
 
