@@ -112,7 +112,8 @@ def main() -> None:
         tests = " / ".join(f"{b['test']:.4f}" for b in blends)
         chosen = ", ".join(sorted({b["chosen"] for b in blends}))
         lines.append(
-            f"| {row} | {new} | {r['oof_mean']:.4f} ({r['oof_sd'] or 0:.4f}) | {tests} | {chosen} | {seconds / 60:.1f} min |"
+            f"| {row} | {new} | {r['oof_mean']:.4f} ({r['oof_sd'] or 0:.4f}) | {tests} | {chosen} "
+            f"| {seconds / 60:.1f} min |"
         )
     out["peak_rss_gib"] = res["peak_rss_gib"]
     table = "\n".join(
