@@ -164,8 +164,8 @@ def image_cache(
     tasks = [(str(file), max(n, 1), size, s, paths[s : s + CHUNK], draft) for s in range(0, n, CHUNK)]
     todo = [t for i, t in enumerate(tasks) if not done[i]]
     workers = n_workers(workers)
-    bar = tqdm(total=n, initial=n - sum(len(t[4]) for t in todo), desc=f"decode {split} images at {size}px")
-    bar.mininterval, bar.leave = 2, False
+    done_rows = n - sum(len(t[4]) for t in todo)
+    bar = tqdm(total=n, initial=done_rows, desc=f"decode {split} images at {size}px", mininterval=2, leave=False)
 
     def finished(start, got):  # a chunk's pixels are flushed: record it, so a killed run resumes after it
         ok[start : start + len(got)] = got
