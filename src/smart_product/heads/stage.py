@@ -4,8 +4,10 @@ pseudo-label rounds (pseudo.py), which refit heads through the same loop."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ..data import TARGET, DataError, load_split
+from ..features.store import is_skipped
 from .loop import head_configs, run_head
 from .pseudo import pseudo_config, run_pseudo_rounds
 
@@ -48,9 +50,5 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
 
 def _reads_only_skipped(cfg: dict, hcfg: dict) -> bool:
     """Whether every feature set the head reads was skipped (features/{set}/meta.json says so)."""
-    from pathlib import Path
-
-    from ..features.store import is_skipped
-
     sets = hcfg.get("features") or []
     return bool(sets) and all(is_skipped(Path(cfg["out_dir"]) / "features" / f) for f in sets)
