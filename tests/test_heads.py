@@ -65,6 +65,7 @@ def test_oof_files_and_nan_rows(trained, demo_dir):
         assert np.allclose(test.sum(1), 1, atol=1e-3)
         m = json.loads((d / "metrics.json").read_text())
         assert len(m["folds"]) == 5 and m["never_validated_rows"] == int((folds.fold == -1).sum()) >= 5
+        assert 0.05 < m["peak_rss_gib"] < 24  # the head's own peak, its features' loading included
 
 
 def test_same_seed_reproduces_oof_f1(trained):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import resource
 import time
 from datetime import date
 from pathlib import Path
@@ -38,15 +37,9 @@ import pandas as pd
 
 from .config import n_cpus
 from .data import ID, TARGET, DataError, label_array, load_data, read_labels
+from .memory import peak_rss_gib
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process and of its largest finished child (DataLoader workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024**2, 2)  # ru_maxrss is KiB on Linux
 
 
 # the data README's peer TF-IDF: word 1-2 + char_wb 2-5 over all text, min_df 2 / 3, 300k columns each

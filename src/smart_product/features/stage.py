@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..config import config_hash
 from ..data import ID, DataError, apply_image_status, check_images, fingerprint, load_data
+from ..memory import PeakWindow
 from .backbone import precision_key, finetuned_embed, frozen_embed
 from .kinds import CHEAP, CHEAP_FN, feature_sets, is_per_fold
 from .store import is_done, save_matrices, is_skipped, np_save_atomic
@@ -113,7 +114,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                 )
             timings[name] = 0.0
             continue
-        t0 = time.time()
+        t0, peak = time.time(), PeakWindow()
         if not per_fold:
             if opts["kind"] in CHEAP:
                 Xtr, Xte, cols = CHEAP_FN[opts["kind"]](train, test, opts)
@@ -166,7 +167,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                     )
                 barrier()
         timings[name] = round(time.time() - t0, 2)
-        log.info("features/%s: done in %.1fs", name, timings[name])
+        log.info("features/%s: done in %.1fs, peak RSS %.2f GiB", name, timings[name], peak.gib())
     return timings
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from ..data import ID, TARGET, DataError, label_array, load_split
 from ..features import load_class_logits, load_features
 from ..folds import NEVER, load_folds
+from ..memory import PeakWindow
 from .calibrate import class_prior, fit_temperature, log_loss, logit_adjusted, tempered
 from .common import _inner_split, scores
 from .kinds import HEADS, make_head
@@ -417,6 +418,7 @@ def run_head(
     if stored and folds_to_run is None and stored.get("key") == key and (run.out / "test_folds.npy").is_file():
         log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", run.out_name)
         return stored
+    peak = PeakWindow()  # the head's own peak RSS, its features' loading included
     d = run.load().data
     folds = list(range(run.k)) if folds_to_run is None else list(folds_to_run)
     oof = np.full((len(d["y"]), len(d["classes"])), np.nan, np.float32)
@@ -443,6 +445,8 @@ def run_head(
         log.info("oof/%s: folds %s read from FOLD=k jobs' files, not refit", run.out_name, reused)
     # the jobs' fit time added to this run's, unrounded: never below the folds' own sum
     metrics = run.metrics(oof, per_fold, key, keys, round(time.time() - t0, 2) + reused_s, reused)
+    metrics["peak_rss_gib"] = peak.gib()
+    log.info("oof/%s: %.1fs, peak RSS %.2f GiB", run.out_name, time.time() - t0, metrics["peak_rss_gib"])
     if write:
         run.write(oof, test_pred, test_folds, metrics)
     return metrics
