@@ -9,6 +9,9 @@ resize each pass); the decode-once rate is `embed` over the uint8 memmap of `ima
 alone (no model; batches moved to the device) is timed for the memmap's two readers: a DataLoader
 with up to 4 worker processes (the route before `images.CachedBatches`) and `CachedBatches` (a reader
 thread, pinned buffers): what each could feed a model at most.
+JPEG decoding alone (one process, no model, no cache): each photo at full size, and with libjpeg's
+draft scaling to >= the model's size (what the cache build does, plus resizing and writing).
+Every model pass runs at `--cpu-bf16` (the configs' `cpu_bf16: auto`: bf16 where the CPU has it).
 A data pipeline is not the bottleneck when pipeline / bare >= 0.8.
 """
 
@@ -24,9 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from smart_product.backbones import autocast, build_image_encoder, device, embed  # noqa: E402
+from smart_product.backbones import autocast, build_image_encoder, device, embed, use_cpu_bf16  # noqa: E402
 from smart_product.config import n_workers  # noqa: E402
-from smart_product.images import CachedBatches, CachedImageSet, image_cache  # noqa: E402
+from smart_product.images import CachedBatches, CachedImageSet, decode, image_cache  # noqa: E402
 
 
 def drain(batches, dev) -> float:
@@ -40,6 +43,23 @@ def drain(batches, dev) -> float:
     return n / (time.time() - t0)
 
 
+def decode_rate(paths, size: int | None) -> float:
+    """img/s of decoding JPEGs in this process: full size (size None), or drafted to >= size and resized."""
+    from PIL import Image
+
+    t0 = time.time()
+    for p in paths:
+        if size is not None:
+            decode(p, size)  # None for an unreadable photo, as in the cache
+            continue
+        try:
+            with Image.open(p) as img:
+                img.convert("RGB").load()
+        except (OSError, ValueError):
+            pass  # an odd upload: its failed decode is timed too
+    return len(paths) / (time.time() - t0)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="data/demo")
@@ -49,19 +69,23 @@ def main():
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--cpu-bf16", default="auto", help="false, true or auto (the configs' setting)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
+    bf16 = use_cpu_bf16({"false": False, "true": True}.get(args.cpu_bf16, args.cpu_bf16))
     dev = device()
     batch = args.batch or (256 if dev.type == "cuda" else 64)
     paths = sorted(str(p) for p in (Path(args.data) / "images" / "train").glob("*.jpg"))
-    paths = (paths * (args.n // max(len(paths), 1) + 1))[: args.n]
+    if not paths:
+        sys.exit(f"no photos: {args.data}/images/train/*.jpg")
+    paths = (paths * (args.n // len(paths) + 1))[: args.n]
     enc = build_image_encoder(args.model, args.weights, args.size)
 
     # bare forward: same encoder, batch, dtype, memory format; inputs already on the device
     enc.to(dev).to(memory_format=torch.channels_last).eval()
     # normalised float input, channels_last: what the encoder's first layer gets in the pipeline
     x = torch.randn(batch, 3, args.size, args.size, device=dev).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(dev, bf16):
         for _ in range(3):
             enc(x)
         if dev.type == "cuda":
@@ -74,13 +98,14 @@ def main():
             torch.cuda.synchronize()
         bare = steps * batch / (time.time() - t0)
 
-    embed(enc, "image", paths[: batch * 2], batch, args.workers, desc="warm-up")
-    _, _, pipe = embed(enc, "image", paths, batch, args.workers, desc="pipeline")
+    jpeg_full, jpeg_draft = decode_rate(paths, None), decode_rate(paths, args.size)
+    embed(enc, "image", paths[: batch * 2], batch, args.workers, desc="warm-up", cpu_bf16=bf16)
+    _, _, pipe = embed(enc, "image", paths, batch, args.workers, desc="pipeline", cpu_bf16=bf16)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         cache = image_cache(tmp, "bench", paths, enc.size, workers=args.workers)
-        decode_rate = len(paths) / (time.time() - t0)
-        _, _, cached = embed(enc, "image", cache.rows(), batch, args.workers, desc="decode-once")
+        build = len(paths) / (time.time() - t0)
+        _, _, cached = embed(enc, "image", cache.rows(), batch, args.workers, desc="decode-once", cpu_bf16=bf16)
         from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
         ds = CachedImageSet(cache.rows())
@@ -104,13 +129,18 @@ def main():
         "image_size": args.size,
         "batch": batch,
         "images": len(paths),
+        "cpu_bf16": bf16 and dev.type == "cpu",
         "workers": n_workers(args.workers),
         "bare_forward_img_s": round(bare, 1),
         "pipeline_img_s": round(pipe, 1),
         "ratio": round(pipe / bare, 3),
         "decode_once_img_s": round(cached, 1),
         "ratio_decode_once": round(cached / bare, 3),
-        "decode_once_build_img_s": round(decode_rate, 1),
+        "decode_once_build_img_s": round(build, 1),
+        "jpeg_decode_full_img_s": round(jpeg_full, 1),
+        "jpeg_decode_draft_img_s": round(jpeg_draft, 1),
+        "build_vs_jpeg_draft": round(build / jpeg_draft, 3),
+        "embed_vs_jpeg_draft": round(cached / jpeg_draft, 3),
         "data_only_dataloader_img_s": round(old, 1),
         "data_only_dataloader_workers": w,
         "data_only_cached_batches_img_s": round(new, 1),
