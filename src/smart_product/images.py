@@ -34,6 +34,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .memory import PeakWindow, children_peak_gib
+
 log = logging.getLogger(__name__)
 CHUNK = 256  # images per worker task
 
@@ -159,7 +161,7 @@ def image_cache(
             log.info("images/%s at %d px: cached (%s)", split, size, file)
             return ImageCache(file, len(paths), size, np.load(ok_file), key)
     meta_file.unlink(missing_ok=True)
-    n, t0 = len(paths), time.time()
+    n, t0, peak = len(paths), time.time(), PeakWindow()
     ok, done = _resume(folder / f"{split}.partial.npz", key, file, n, size)
     tasks = [(str(file), max(n, 1), size, s, paths[s : s + CHUNK], draft) for s in range(0, n, CHUNK)]
     todo = [t for i, t in enumerate(tasks) if not done[i]]
@@ -195,10 +197,13 @@ def image_cache(
         "seconds": round(seconds, 2),
         "images_per_s": round(n / max(seconds, 1e-9), 1),
         "bytes": int(file.stat().st_size),
+        "peak_rss_gib": peak.gib(),  # this process's; a decode worker's is its own
+        "worker_peak_rss_gib": children_peak_gib() if workers > 0 and len(todo) > 1 else None,
     }
     meta_file.write_text(json.dumps(meta, indent=2))
     log.info(
-        "images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s (%.2f GB)",
+        "images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s (%.2f GB);"
+        " peak RSS %.2f GiB, a worker's %s GiB",
         split,
         n,
         n - ok.sum(),
@@ -208,6 +213,8 @@ def image_cache(
         workers,
         file,
         meta["bytes"] / 1e9,
+        meta["peak_rss_gib"],
+        meta["worker_peak_rss_gib"],
     )
     return ImageCache(file, n, size, ok, key)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import resource
+import weakref
 from pathlib import Path
 
 _KIB = 1024**2  # KiB per GiB: ru_maxrss and VmHWM are KiB on Linux
 _peak_kib = 0  # the process's peak before the last reset
+_open: weakref.WeakSet = weakref.WeakSet()  # windows that may still be read: a reset keeps their peak
 
 
 def _hwm_kib() -> int:
@@ -26,22 +28,37 @@ def _hwm_kib() -> int:
 def peak_rss_gib() -> float:
     """Peak resident memory of this process and of its largest finished child (DataLoader workers)."""
     own = max(_peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, _hwm_kib())
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / _KIB, 2)
+    return max(round(own / _KIB, 2), children_peak_gib())
+
+
+def children_peak_gib() -> float:
+    """The largest peak resident memory of this process's finished children (worker processes)."""
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / _KIB, 2)
+
+
+def _reset() -> bool:
+    """Lower the high-water mark to the current RSS; the peaks seen so far are kept first."""
+    global _peak_kib
+    now = _hwm_kib()
+    _peak_kib = max(_peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, now)
+    for w in _open:
+        w._seen = max(w._seen, now)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakWindow:
     """`w = PeakWindow()` before a piece of work, `w.gib()` after it: the peak resident memory in
-    between (`w.exact` False where the high-water mark could not be reset: then the process peak)."""
+    between, windows opened inside it included (`w.exact` False where the high-water mark could not
+    be reset: then the process peak)."""
 
     def __init__(self) -> None:
-        global _peak_kib
-        _peak_kib = max(_peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, _hwm_kib())
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.exact = True
-        except OSError:
-            self.exact = False
+        self._seen = 0
+        self.exact = _reset()
+        _open.add(self)
 
     def gib(self) -> float:
-        return round(_hwm_kib() / _KIB, 2) if self.exact else peak_rss_gib()
+        return round(max(self._seen, _hwm_kib()) / _KIB, 2) if self.exact else peak_rss_gib()
