@@ -135,6 +135,14 @@ def test_knn_head_retrieves_an_exact_duplicate_class():
     dense = rng.normal(size=(300, 16)).astype(np.float32)  # the dense (embedding) path
     hd = KnnHead(n_neighbors=10).fit([dense], y, 40)
     assert hd.predict_proba([dense[[5, 17]]]).argmax(1).tolist() == y[[5, 17]].tolist()
+    # in chunks of a few queries (chunk_bytes): the same neighbours as one whole product
+    small = KnnHead(n_neighbors=10, chunk_bytes=4 * 300 * 7).fit([dense], y, 40)
+    q = rng.normal(size=(50, 16)).astype(np.float32)
+    (i_all, s_all), (i_few, s_few) = hd.neighbours([q]), small.neighbours([q])
+    assert [set(r) for r in i_all] == [set(r) for r in i_few] and np.allclose(np.sort(s_all), np.sort(s_few))
+    cos = hd._matrix([q]).toarray() @ hd.Xd.numpy().T  # the head's own scaled, normalised rows
+    assert np.allclose(np.sort(s_all)[:, ::-1], -np.sort(-cos, 1)[:, :10], atol=1e-5)  # the true top 10
+    assert np.allclose(hd.predict_proba([q]), small.predict_proba([q]), atol=1e-6)
     empty = head.predict_proba([sparse.csr_matrix((1, 2000), dtype=np.float32)])  # no shared term: the prior
     assert np.allclose(empty[0], np.bincount(y, minlength=40) / 300, atol=1e-6)
 
