@@ -105,6 +105,7 @@ def main():
         t0 = time.time()
         cache = image_cache(tmp, "bench", paths, enc.size, workers=args.workers)
         build = len(paths) / (time.time() - t0)
+        build_workers = json.loads((Path(tmp) / "_images" / str(args.size) / "bench.json").read_text())["workers"]
         _, _, cached = embed(enc, "image", cache.rows(), batch, args.workers, desc="decode-once", cpu_bf16=bf16)
         from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
@@ -130,13 +131,14 @@ def main():
         "batch": batch,
         "images": len(paths),
         "cpu_bf16": bf16 and dev.type == "cpu",
-        "workers": n_workers(args.workers),
+        "workers": n_workers(args.workers),  # the per-image pipeline's DataLoader
         "bare_forward_img_s": round(bare, 1),
         "pipeline_img_s": round(pipe, 1),
         "ratio": round(pipe / bare, 3),
         "decode_once_img_s": round(cached, 1),
         "ratio_decode_once": round(cached / bare, 3),
         "decode_once_build_img_s": round(build, 1),
+        "decode_once_build_workers": build_workers,
         "jpeg_decode_full_img_s": round(jpeg_full, 1),
         "jpeg_decode_draft_img_s": round(jpeg_draft, 1),
         "build_vs_jpeg_draft": round(build / jpeg_draft, 3),

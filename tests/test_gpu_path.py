@@ -88,6 +88,7 @@ def test_a_killed_decode_resumes_after_its_last_chunk_and_ends_byte_equal(demo_d
     assert resumed.array().tobytes() == whole.array().tobytes()
     assert np.array_equal(resumed.ok, whole.ok) and not resumed.ok[[3, 40]].any()
     assert not (folder / "train.partial.npz").exists() and (folder / "train.json").exists()
+    assert json.loads((folder / "train.json").read_text())["resumed_rows"] == 32  # its rate: the other 68 rows'
 
 
 def test_frozen_embeddings_from_the_cache_equal_todays_path(demo_dir, tmp_path):

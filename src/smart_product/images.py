@@ -197,18 +197,20 @@ def image_cache(
         "draft": draft,
         "workers": workers,
         "seconds": round(seconds, 2),
-        "images_per_s": round(n / max(seconds, 1e-9), 1),
+        "resumed_rows": done_rows,  # decoded by an earlier, killed run
+        "images_per_s": round((n - done_rows) / max(seconds, 1e-9), 1),  # this run's own
         "bytes": int(file.stat().st_size),
         "peak_rss_gib": peak.gib(),  # this process's; a decode worker's is its own
         "worker_peak_rss_gib": children_peak_gib() if workers > 0 and len(todo) > 1 else None,
     }
     meta_file.write_text(json.dumps(meta, indent=2))
     log.info(
-        "images/%s: decoded %d images (%d without one) at %d px in %.1fs (%.0f img/s, %d workers) -> %s (%.2f GB);"
-        " peak RSS %.2f GiB, a worker's %s GiB",
+        "images/%s: decoded %d images (%d without one; %d resumed) at %d px in %.1fs (%.0f img/s, %d workers) -> %s"
+        " (%.2f GB); peak RSS %.2f GiB, a worker's %s GiB",
         split,
         n,
         n - ok.sum(),
+        done_rows,
         size,
         seconds,
         meta["images_per_s"],
