@@ -146,7 +146,7 @@ def image_cache(
     """Decode `paths` once into {root}/_images/{size}/{split}.u8 (cached by the data fingerprint,
     size and the image files' sizes and mtimes); return the ImageCache. `workers`: decoding
     processes (default one per core; 0: in this process)."""
-    from .config import config_hash, n_cpus, n_workers
+    from .config import config_hash, n_cpus
 
     paths = list(paths)
     folder = Path(root) / "_images" / str(size)
@@ -167,7 +167,7 @@ def image_cache(
     tasks = [(str(file), max(n, 1), size, s, paths[s : s + CHUNK], draft) for s in range(0, n, CHUNK)]
     todo = [t for i, t in enumerate(tasks) if not done[i]]
     # the parent only records finished chunks, so a worker per core (n_workers leaves one core free)
-    workers = n_workers(workers) if workers is not None else min(16, n_cpus())
+    workers = min(16, n_cpus()) if workers is None else int(workers)
     done_rows = n - sum(len(t[4]) for t in todo)
     bar = tqdm(total=n, initial=done_rows, desc=f"decode {split} images at {size}px", mininterval=2, leave=False)
 

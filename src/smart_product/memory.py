@@ -42,6 +42,8 @@ def _rss_kib() -> int | None:
 def _sample() -> None:
     while True:
         time.sleep(SAMPLE_S)
+        if not _open:
+            continue
         now = _rss_kib() or 0
         with _lock:
             for w in list(_open):
