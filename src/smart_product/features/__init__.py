@@ -12,6 +12,8 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
 - image:    pooled embeddings of an image backbone (../backbones/).
 - text:     pooled embeddings of a text encoder over a view: `all` (title + description +
             attributes + dict text) or `title`.
+- fusion:   one model per fold over the photo's and the text's lower-layer caches and cheap
+            dense sets and the shop, trained together (fusion.py); its class layer is a head.
 image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
 backbone is fine-tuned on the rows of the other folds, then embeds every train and test row ->
 features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on),
@@ -40,6 +42,7 @@ Where things are:
 - tabular.py   `tabular`, `listing`
 - tfidf.py     text views (`text_view`, `field_text`), `tfidf_sparse`, `tfidf`
 - wordvec.py   `navec`
+- fusion.py    `fusion_embed`: the fusion set, fold by fold (the model: ../backbones/fusion.py)
 - backbone.py  image / text sets: `frozen_embed`, `finetuned_embed` (per fold; `train_layers` /
                `train_blocks` over the label-free lower-layer caches), `load_finetuned`
 """

@@ -10,6 +10,7 @@ from .wordvec import navec
 CHEAP_FN = {"tabular": tabular, "tfidf": tfidf, "tfidf_sparse": tfidf_sparse, "navec": navec, "listing": listing}
 CHEAP = tuple(CHEAP_FN)  # label-free sets computed once
 BACKBONE = ("image", "text")
+FUSION = ("fusion",)  # one model per fold over the photo, the text and cheap sets (fusion.py)
 
 
 def feature_sets(cfg: dict) -> dict:
@@ -20,11 +21,13 @@ def feature_sets(cfg: dict) -> dict:
         if not opts.pop("enabled", True):  # `enabled: false`: a base config's set this one drops
             continue
         kind = opts.get("kind")
-        if kind not in CHEAP + BACKBONE:
-            raise DataError(f"config features.sets.{name}: unknown kind {kind!r} (one of {CHEAP + BACKBONE})")
+        if kind not in CHEAP + BACKBONE + FUSION:
+            raise DataError(
+                f"config features.sets.{name}: unknown kind {kind!r} (one of {CHEAP + BACKBONE + FUSION})"
+            )
         out[name] = opts
     return out
 
 
 def is_per_fold(opts: dict) -> bool:
-    return opts["kind"] in BACKBONE and bool(opts.get("finetune"))
+    return opts["kind"] in FUSION or (opts["kind"] in BACKBONE and bool(opts.get("finetune")))

@@ -15,7 +15,8 @@ from ..config import config_hash
 from ..data import ID, DataError, apply_image_status, check_images, fingerprint, load_data
 from ..memory import PeakWindow
 from .backbone import precision_key, finetuned_embed, frozen_embed
-from .kinds import CHEAP, CHEAP_FN, feature_sets, is_per_fold
+from .fusion import fusion_embed, fusion_key
+from .kinds import CHEAP, CHEAP_FN, FUSION, feature_sets, is_per_fold
 from .store import is_done, save_matrices, is_skipped, np_save_atomic
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,22 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
     fold = parse_fold(fold)
     rank, world = dist_info()
     root = Path(cfg["out_dir"]) / "features"
-    sets = feature_sets(cfg)
-    if only:
-        unknown = set(only) - set(sets)
-        if unknown:
-            raise DataError(f"features: no set named {sorted(unknown)} in the config ({sorted(sets)})")
-        sets = {k: v for k, v in sets.items() if k in only}
+    every = feature_sets(cfg)
+    all_sets = (cfg.get("features") or {}).get("sets") or {}  # a fusion set borrows disabled sets' backbones
     data_fp = fingerprint(cfg["data_dir"])
-    ctx = {"root": root, "data_fp": data_fp}
+    keys = {name: config_hash({"set": opts, "data": data_fp, **precision_key(opts)}) for name, opts in every.items()}
+    for name, opts in every.items():  # a fusion set's key holds the keys of the sets it reads
+        if opts["kind"] in FUSION:
+            keys[name] = config_hash({"set": opts, "data": data_fp, "uses": fusion_key(opts, all_sets, keys)})
+    if only:
+        unknown = set(only) - set(every)
+        if unknown:
+            raise DataError(f"features: no set named {sorted(unknown)} in the config ({sorted(every)})")
+    # fusion sets last: they read the other sets' files
+    sets = {k: v for k, v in sorted(every.items(), key=lambda kv: kv[1]["kind"] in FUSION) if not only or k in only}
+    ctx = {"root": root, "data_fp": data_fp, "all_sets": all_sets}
     train = test = None
     timings = {}
-    keys = {name: config_hash({"set": opts, "data": data_fp, **precision_key(opts)}) for name, opts in sets.items()}
     for name, opts in sets.items():
         folder = root / name
         base_key = keys[name]
@@ -138,7 +144,8 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
             fold_of_row = load_folds(cfg, train)
             for k in todo:
                 tk = time.time()
-                done = finetuned_embed(train, test, opts, fold_of_row, k, ctx)
+                embed_fold = fusion_embed if opts["kind"] in FUSION else finetuned_embed
+                done = embed_fold(train, test, opts, fold_of_row, k, ctx)
                 if done is not None:  # rank 0 (or a single process) writes
                     Xtr, Xte, fit_ids, extra, enc = done
                     sub = folder / f"fold{k}"
