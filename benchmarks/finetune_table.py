@@ -50,9 +50,66 @@ def set_seconds(run: Path, name: str) -> float:
     return sum(float(json.loads(m.read_text()).get("seconds") or 0) for m in metas)
 
 
+def blends(run: Path, config: str, data: Path, heads: list[str], tag: str, seeds, reuse: bool) -> list[dict]:
+    """The blend over `heads`, once per stacker seed (a process each, named {tag}_{seed}): its OOF,
+    its test score, the procedure chosen and its seconds."""
+    out = []
+    for seed in seeds:
+        name = f"{tag}_{seed}"
+        cmd = [sys.executable, "-m", "smart_product", "blend", "--config", config, "--data", str(data)]
+        cmd += [f"out_dir={run}", f"seed={seed}", f"blend.name={name}", f"blend.heads=[{','.join(heads)}]"]
+        timing = run / "oof" / name / "blend_seconds.json"
+        if reuse and timing.exists():  # a blend an interrupted table already wrote
+            blend_s = json.loads(timing.read_text())["seconds"]
+        else:
+            t0 = time.time()
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            blend_s = time.time() - t0
+            timing.write_text(json.dumps({"seconds": round(blend_s, 1)}))
+        w = json.loads((run / "oof" / name / "weights.json").read_text())
+        oof = round(w["oof_refit"]["weighted_f1"], 4)
+        out.append(
+            {
+                "seed": seed,
+                "oof": oof,
+                "test": test_score(run, name, data),
+                "chosen": w["chosen"],
+                "seconds": round(blend_s),
+            }
+        )
+    return out
+
+
+def summary(bl: list[dict]) -> dict:
+    oofs = np.array([b["oof"] for b in bl])
+    return {
+        "oof_mean": round(float(oofs.mean()), 4),
+        "oof_sd": round(float(oofs.std(ddof=1)), 4) if len(oofs) > 1 else None,
+        "test_mean": round(float(np.mean([b["test"] for b in bl])), 4),
+    }
+
+
+def run_seconds(run: Path, cfg: dict, res: dict, heads: list[str], blend_s: float) -> float:
+    """A row's time: the folds, the feature sets its heads read (each once), its heads, its blend."""
+    from smart_product.features import feature_sets
+
+    sets = feature_sets(cfg)
+    used = {f for h in heads for f in cfg["heads"][h.split("_pl")[0]]["features"] if f in sets}
+    return (
+        res["stage_seconds"]["folds"]
+        + sum(set_seconds(run, f) for f in used)
+        + sum(float(res["head_seconds"].get(h) or 0) for h in heads)
+        + blend_s
+    )
+
+
+def bench_data(run: Path, res: dict) -> Path:
+    """The data a bench run's test scores are for: its pseudo-test split's (RESPLIT) or the catalogue's."""
+    return run / "resplit" if res.get("resplit") else Path(res["data"])
+
+
 def main() -> None:
     from smart_product.config import load_config
-    from smart_product.features import feature_sets
     from smart_product.heads import head_names
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,52 +122,24 @@ def main() -> None:
     cfg = load_config(args.config)
     rows = cfg["finetune_table"]
     res = json.loads((run / "bench" / "results.json").read_text())
-    data = run / "resplit" if res.get("resplit") else Path(res["data"])
+    data = bench_data(run, res)
     heads = {r["model"]: r for r in res["results"]}
-    stages, head_s = res["stage_seconds"], res["head_seconds"]
     base = [h for h in head_names(cfg) if not any(h in row for row in rows.values())]
-    sets = feature_sets(cfg)
     out = {"run": str(run), "data": str(data), "resplit": res.get("resplit"), "base_heads": base, "rows": {}}
     lines = []
     for i, (row, own) in enumerate(rows.items()):
-        blends = []
-        for seed in args.seeds:
-            name = f"ft_row{i}_{seed}"
-            cmd = [sys.executable, "-m", "smart_product", "blend", "--config", args.config, "--data", str(data)]
-            cmd += [f"out_dir={run}", f"seed={seed}", f"blend.name={name}", f"blend.heads=[{','.join(base + own)}]"]
-            timing = run / "oof" / name / "blend_seconds.json"
-            if args.reuse and timing.exists():  # a blend an interrupted table already wrote
-                blend_s = json.loads(timing.read_text())["seconds"]
-            else:
-                t0 = time.time()
-                subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                blend_s = time.time() - t0
-                timing.write_text(json.dumps({"seconds": round(blend_s, 1)}))
-            w = json.loads((run / "oof" / name / "weights.json").read_text())
-            oof = round(w["oof_refit"]["weighted_f1"], 4)
-            test = test_score(run, name, data)
-            blends.append({"seed": seed, "oof": oof, "test": test, "chosen": w["chosen"], "seconds": round(blend_s)})
-        oofs = np.array([b["oof"] for b in blends])
-        # the row's time: the folds, the feature sets its heads read (each once), its heads, its blend
-        used = {f for h in base + own for f in cfg["heads"][h.split("_pl")[0]]["features"] if f in sets}
-        seconds = (
-            stages["folds"]
-            + sum(set_seconds(run, f) for f in used)
-            + sum(float(head_s.get(h) or 0) for h in base + own)
-            + np.mean([b["seconds"] for b in blends])
-        )
+        bl = blends(run, args.config, data, base + own, f"ft_row{i}", args.seeds, args.reuse)
+        seconds = run_seconds(run, cfg, res, base + own, np.mean([b["seconds"] for b in bl]))
         out["rows"][row] = {
             "heads": {h: {k: heads[h][k] for k in ("oof_weighted_f1", "test_weighted_f1")} for h in own},
-            "blends": blends,
-            "oof_mean": round(float(oofs.mean()), 4),
-            "oof_sd": round(float(oofs.std(ddof=1)), 4) if len(oofs) > 1 else None,
-            "test_mean": round(float(np.mean([b["test"] for b in blends])), 4),
+            "blends": bl,
+            **summary(bl),
             "seconds": round(seconds),
         }
         r = out["rows"][row]
         new = ", ".join(f"{h} {v['oof_weighted_f1']:.4f} / {v['test_weighted_f1']:.4f}" for h, v in r["heads"].items())
-        tests = " / ".join(f"{b['test']:.4f}" for b in blends)
-        chosen = ", ".join(sorted({b["chosen"] for b in blends}))
+        tests = " / ".join(f"{b['test']:.4f}" for b in bl)
+        chosen = ", ".join(sorted({b["chosen"] for b in bl}))
         lines.append(
             f"| {row} | {new} | {r['oof_mean']:.4f} ({r['oof_sd'] or 0:.4f}) | {tests} | {chosen} "
             f"| {seconds / 60:.1f} min |"

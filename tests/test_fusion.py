@@ -238,3 +238,26 @@ def test_bad_fusion_options_are_config_errors_before_any_work(demo_dir, make_cfg
     with pytest.raises(DataError, match=message):
         make_features(cfg)
     assert not (Path(cfg["out_dir"]) / "features" / "tabular").exists()
+
+
+def test_the_fusion_trains_under_torchrun_on_two_cpu_processes(demo_dir, tmp_path):
+    """DDP (gloo): each process trains on its half of every epoch; rank 0 writes fold 0's files."""
+    import os
+    import subprocess
+    import sys
+
+    from smart_product.config import load_config
+
+    sets = fusion_sets(epochs=2)
+    overrides = [f"out_dir={tmp_path}", "folds.k=3", sets, *OFF]
+    make_folds(load_config(None, overrides, str(demo_dir)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "smart_product"]
+    cmd += ["features", "--data", str(demo_dir), "--fold", "0", "-q", *overrides]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "features" / "fusion" / "fold0" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["fusion"]["world_size"] == 2
+    assert meta["fusion"]["history"][-1]["loss"] < meta["fusion"]["history"][0]["loss"]
+    assert np.load(tmp_path / "features" / "fusion" / "fold0" / "train.npy").shape == (2000, 5 * 32)
+    assert not (tmp_path / "features" / "fusion" / "fold1").exists()  # FOLD=0 only

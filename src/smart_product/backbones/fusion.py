@@ -246,7 +246,7 @@ def train_fusion(
     warmup: float = 0.1,
     label_smoothing: float = 0.1,
     aux_weight: float = 0.3,
-    modality_dropout: float = 0.1,
+    modality_dropout: float = 0.0,
     seed: int = 0,
     desc: str = "fusion",
 ) -> dict:

@@ -49,9 +49,9 @@ Where things are:
 
 from __future__ import annotations
 
-from .backbone import finetuned_embed, frozen_embed, load_finetuned
+from .backbone import absent_modality, finetuned_embed, frozen_embed, load_finetuned
 from .kinds import BACKBONE, CHEAP, CHEAP_FN, feature_sets, is_per_fold
-from .stage import absent_modality, load_for_features, make_features, parse_fold
+from .stage import load_for_features, make_features, parse_fold
 from .store import is_skipped, load_class_logits, load_features
 from .tabular import listing, tabular
 from .tfidf import field_text, text_view, tfidf, tfidf_matrix, tfidf_sparse

@@ -38,6 +38,25 @@ def precision_key(opts: dict) -> dict:
         raise DataError(f"config features.sets.{opts.get('name')}.{exc}") from None
 
 
+def absent_modality(train: pd.DataFrame, test: pd.DataFrame, opts: dict) -> str | None:
+    """Why an image set should not be computed (too few readable images in a split), or None.
+
+    `min_image_share` (per set, default 0.05): below that share of readable images in train or
+    in test the set is skipped: embedding blank rows costs the full model pass and adds nothing.
+    """
+    if opts["kind"] != "image":
+        return None
+    need = float(opts.get("min_image_share", 0.05))
+    for split, frame in (("train", train), ("test", test)):
+        share = float(frame["has_image"].mean()) if len(frame) else 0.0
+        if share < need or not frame["has_image"].any():
+            return (
+                f"{split} has {int(frame['has_image'].sum())} readable images of {len(frame)} rows "
+                f"({share:.1%} < min_image_share {need:.0%})"
+            )
+    return None
+
+
 def _build(opts: dict):
     """The set's backbone; the torch seed is set first so randomly initialised weights (tests,
     `weights: random`) are the same in every process and fold job."""

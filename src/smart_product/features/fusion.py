@@ -148,8 +148,7 @@ def shop_codes(train: pd.DataFrame, test: pd.DataFrame, fit: np.ndarray, min_cou
 def _photo_branch(opts, src, train, test, ctx):
     """(module, train rows, test rows, note) of the photo branch, or None when the catalogue lacks photos."""
     from ..backbones import TopBlocks, n_stages, train_top_blocks
-    from .backbone import _build, _items, _map_cache
-    from .stage import absent_modality
+    from .backbone import _build, _items, _map_cache, absent_modality
 
     reason = absent_modality(train, test, src)
     if reason:

@@ -14,7 +14,7 @@ import pandas as pd
 from ..config import config_hash
 from ..data import ID, DataError, apply_image_status, check_images, fingerprint, load_data
 from ..memory import PeakWindow
-from .backbone import precision_key, finetuned_embed, frozen_embed
+from .backbone import absent_modality, finetuned_embed, frozen_embed, precision_key
 from .fusion import fusion_embed, fusion_key
 from .kinds import CHEAP, CHEAP_FN, FUSION, feature_sets, is_per_fold
 from .store import is_done, save_matrices, is_skipped, np_save_atomic
@@ -169,6 +169,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                             "dim": int(Xtr.shape[1]),
                             "seconds": round(time.time() - tk, 2),
                             "world_size": world,
+                            "peak_rss_gib": peak.gib(),  # the set's, up to this fold (its caches included)
                             **extra,
                         },
                     )
@@ -176,25 +177,6 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
         timings[name] = round(time.time() - t0, 2)
         log.info("features/%s: done in %.1fs, peak RSS %.2f GiB", name, timings[name], peak.gib())
     return timings
-
-
-def absent_modality(train: pd.DataFrame, test: pd.DataFrame, opts: dict) -> str | None:
-    """Why an image set should not be computed (too few readable images in a split), or None.
-
-    `min_image_share` (per set, default 0.05): below that share of readable images in train or
-    in test the set is skipped: embedding blank rows costs the full model pass and adds nothing.
-    """
-    if opts["kind"] != "image":
-        return None
-    need = float(opts.get("min_image_share", 0.05))
-    for split, frame in (("train", train), ("test", test)):
-        share = float(frame["has_image"].mean()) if len(frame) else 0.0
-        if share < need or not frame["has_image"].any():
-            return (
-                f"{split} has {int(frame['has_image'].sum())} readable images of {len(frame)} rows "
-                f"({share:.1%} < min_image_share {need:.0%})"
-            )
-    return None
 
 
 def load_for_features(cfg):
