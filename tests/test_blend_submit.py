@@ -226,3 +226,79 @@ def test_every_head_keeps_its_fold_models_test_probabilities_and_the_stacker_rea
         or run_blend({**cfg, "blend": {**cfg["blend"], "name": "stacked", "procedures": ["stack_groups"]}})["stacker"]
     )
     assert "fold models' test probabilities" in info["test_from"] and len(info["folds"]) == 5
+
+
+def _synthetic_heads(demo_dir: Path, out: Path) -> None:
+    """Three heads' files over the demo's rows, from a seeded generator (no model is fit): noisy
+    probabilities of the true class, each head good on other classes; plain folds, row i in fold i % 5."""
+    from smart_product.data import load_split
+
+    train, test = load_split(demo_dir, "train", False), load_split(demo_dir, "test", False)
+    classes, y = np.unique(train.category_id.to_numpy(), return_inverse=True)
+    (out / "folds").mkdir(parents=True)
+    pd.DataFrame({"product_id": train.product_id, "fold": np.arange(len(train)) % 5}).to_csv(
+        out / "folds" / "folds.csv", index=False
+    )
+    rng = np.random.default_rng(7)
+    c = len(classes)
+    y_test = rng.integers(0, c, len(test))
+
+    def probs(labels, strength, good):
+        boost = strength * np.eye(c)[labels] * np.where(good[labels], 2, 1)[:, None]
+        logits = rng.normal(size=(len(labels), c)) + boost
+        P = np.exp(logits - logits.max(1, keepdims=True))
+        return (P / P.sum(1, keepdims=True)).astype(np.float32)
+
+    for h, strength in enumerate((2.0, 3.0, 1.5)):
+        good = (np.arange(c) % 3) == h  # the classes this head knows well
+        folder = out / "oof" / f"h{h}"
+        folder.mkdir(parents=True)
+        test_folds = np.stack([probs(y_test, strength, good) for _ in range(5)]).astype(np.float16)
+        for name, arr in (
+            ("oof", probs(y, strength, good)),
+            ("test", test_folds.astype(np.float32).mean(0)),
+            ("test_folds", test_folds),
+            ("classes", classes),
+            ("train_ids", train.product_id.to_numpy()),
+            ("test_ids", test.product_id.to_numpy()),
+        ):
+            np.save(folder / f"{name}.npy", arr)
+        (folder / "metrics.json").write_text(json.dumps({"head": f"h{h}", "overall": {}}))
+
+
+# the blend of _synthetic_heads as run_blend chose it on 2026-12-07, the same before and after the blend
+# became a package (11553d6): a change that alters a procedure, the choice rule or the logit adjustment
+# shows here
+STORED = {
+    "chosen": "stack_groups",
+    "oof_refit": 0.9966,
+    "held_out": {"optuna_logloss": 0.9243, "best_single": 0.8165, "stack_groups": 0.9952},
+    "tau": 0.75,
+}
+
+
+def test_the_blend_of_a_fixed_set_of_heads_is_what_it_was(demo_dir, tmp_path):
+    from smart_product.config import load_config
+
+    _synthetic_heads(demo_dir, tmp_path)
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={tmp_path}",
+            "blend.trials=20",
+            "blend.stack.bags=1",
+            "blend.heads=[h0, h1, h2]",
+            "blend.procedures=[optuna_logloss, best_single, stack_groups]",
+        ],
+        str(demo_dir),
+    )
+    s = run_blend(cfg)
+    got = {
+        "chosen": s["chosen"],
+        "oof_refit": round(s["oof_refit"]["weighted_f1"], 4),
+        "held_out": {k: round(v["weighted_f1"], 4) for k, v in s["held_out"].items()},
+        "tau": s["logit_adjust"]["tau"],
+    }
+    assert got["chosen"] == STORED["chosen"] and got["tau"] == STORED["tau"]
+    assert got["oof_refit"] == pytest.approx(STORED["oof_refit"], abs=5e-4)
+    assert got["held_out"] == pytest.approx(STORED["held_out"], abs=5e-4)

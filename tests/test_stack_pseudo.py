@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
+from smart_product.blend.stack import Stacker, cross_fit
 from smart_product.heads import KnnHead, scores
 from smart_product.heads.calibrate import fit_temperature, log_loss, logit_adjusted, tempered
-from smart_product.stack import Stacker, cross_fit
 
 
 def _synthetic_heads(n=1200, c=30, seed=0):
@@ -66,7 +66,7 @@ def test_group_evidence_leaves_out_the_rows_own_fold_and_helps():
     """Group (shop) evidence: a training row's counts leave its own fold out, a predicted row's
     use every training row; with fold 2's labels permuted, fold 2's stacked predictions do not
     move; when groups carry the class, the stacker gains from them."""
-    from smart_product.stack import GroupPrior
+    from smart_product.blend.stack import GroupPrior
 
     codes = np.array([0, 0, 0, 1, 1, 2])
     y = np.array([3, 3, 1, 2, 2, 0])
@@ -211,8 +211,8 @@ def test_pseudo_label_rounds_keep_fold_k_labels_out_of_fold_k(demo_dir, fit_head
 
 
 def test_unknown_stacker_setting_is_a_config_error():
+    from smart_product.blend.stack import make_stacker
     from smart_product.data import DataError
-    from smart_product.stack import make_stacker
 
     with pytest.raises(DataError, match="config blend.stack"):
         make_stacker({"topp": 10})
@@ -233,8 +233,8 @@ def test_blend_logit_adjust_grid_that_is_not_numbers_is_a_config_error():
 def test_group_codes_of_columns_title_words_and_joints(demo_dir, make_cfg):
     """Group specs: a column, a text column's first n words (lower case), a joint a*b; one code
     space over train and test; a bad spec is a config error naming the columns."""
+    from smart_product.blend.stack import group_codes, row_side
     from smart_product.data import DataError, load_split
-    from smart_product.stack import group_codes, row_side
 
     cfg = make_cfg(demo_dir)
     extra, extra_test, g, g_test = row_side(cfg, ["shop_id", "title:1", "shop_id*title:1"])
@@ -306,7 +306,7 @@ def test_stacker_scores_test_rows_from_inputs_of_its_oof_kind():
     drops); stacker k scores fold k's models' test probabilities instead, so its test outputs are
     distributed as its OOF outputs (mean confidence within 0.02, accuracy within 0.03), unlike
     its outputs over the fold mean; the test prediction is the mean of the K stackers' outputs."""
-    from smart_product.stack import make_stacker
+    from smart_product.blend.stack import make_stacker
 
     probs, tests, y, y_test, folds, c = _fold_models(2000, 3000)
     conf = [float(p.max(1).mean()) for p in probs]

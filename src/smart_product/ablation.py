@@ -25,7 +25,7 @@ import numpy as np
 from .data import ID, TARGET, load_split, read_labels
 from .folds import load_folds
 from .heads import head_names, scores
-from .heads.calibrate import class_prior, fold_adjusted, fold_priors, logit_adjusted, tempered
+from .heads.calibrate import class_prior, logit_adjusted, tempered
 from .report import available, load_oof
 
 log = logging.getLogger(__name__)
@@ -44,140 +44,145 @@ def _uncalibrated(r, folds):
     return oof, tempered(r["test"], 1.0 / t)
 
 
-def run_ablation(cfg: dict) -> list[dict]:
-    from .blend import combine, search_weights, subsample
-    from .stack import cross_fit, row_side
+class Ablation:
+    """The files an ablation reads, once: every enabled head's OOF files (their OOF NaN rows as 0),
+    the labels, the folds, the test labels where DATA/solution.csv exists; the heads by role (base,
+    kNN, pseudo-label rounds); and a row of the table for given probabilities (`row`)."""
 
-    t_all = time.time()
-    out_dir = cfg["out_dir"]
-    names = [n for n in available(out_dir) if n in head_names(cfg)]
-    runs = {n: load_oof(out_dir, n) for n in names}
-    ref = runs[names[0]]
-    train = load_split(cfg["data_dir"], "train", parse_text=False)
-    folds = load_folds(cfg, train)
-    classes = ref["classes"]
-    y = np.searchsorted(classes, train[TARGET].to_numpy())
-    has = ~np.isnan(ref["oof"]).any(1)
-    for r in runs.values():
-        r["oof"] = np.nan_to_num(r["oof"])
-    sol = Path(cfg["data_dir"]) / "solution.csv"
-    y_test = None
-    if sol.is_file():
-        s = read_labels(sol, classes).set_index(ID)[TARGET]
-        y_test = s.reindex(ref["test_ids"]).to_numpy()
+    def __init__(self, cfg: dict):
+        self.cfg, out_dir = cfg, cfg["out_dir"]
+        self.names = [n for n in available(out_dir) if n in head_names(cfg)]
+        self.runs = {n: load_oof(out_dir, n) for n in self.names}
+        ref = self.runs[self.names[0]]
+        train = load_split(cfg["data_dir"], "train", parse_text=False)
+        self.folds, self.classes = load_folds(cfg, train), ref["classes"]
+        self.y = np.searchsorted(self.classes, train[TARGET].to_numpy())
+        self.has = ~np.isnan(ref["oof"]).any(1)
+        for r in self.runs.values():
+            r["oof"] = np.nan_to_num(r["oof"])
+        sol = Path(cfg["data_dir"]) / "solution.csv"
+        self.y_test = None
+        if sol.is_file():
+            self.y_test = read_labels(sol, self.classes).set_index(ID)[TARGET].reindex(ref["test_ids"]).to_numpy()
+        self.kind = {n: self.runs[n]["metrics"].get("kind") for n in self.names}
+        self.pseudo = [n for n in self.names if "_pl" in n and n.rsplit("_pl", 1)[1].isdigit()]
+        self.knn = [n for n in self.names if self.kind[n] == "knn"]
+        self.base = [n for n in self.names if n not in self.pseudo and n not in self.knn]
+        self.seed, self.bcfg = int(cfg.get("seed", 0)), cfg.get("blend") or {}
+        f1 = {n: scores(self.y[self.has], self.runs[n]["oof"][self.has].argmax(1))["weighted_f1"] for n in self.base}
+        self.best = max(f1, key=f1.get)
+        self._side = None  # the stacker's row meta-features, read once (a JSON parse of both splits)
 
-    def row(label, oof, test, heads, extra_s=0.0):
+    def row(self, label, oof, test, heads, extra_s=0.0) -> dict:
+        y, has = self.y, self.has
         res = {
             "variant": label,
             "heads": heads,
             "oof_weighted_f1": round(scores(y[has], oof[has].argmax(1))["weighted_f1"], 4),
             "test_weighted_f1": None
-            if y_test is None
-            else round(scores(y_test, classes[test.argmax(1)])["weighted_f1"], 4),
-            "seconds": round(sum(runs[h]["metrics"].get("seconds") or 0 for h in heads) + extra_s, 1),
+            if self.y_test is None
+            else round(scores(self.y_test, self.classes[test.argmax(1)])["weighted_f1"], 4),
+            "seconds": round(sum(self.runs[h]["metrics"].get("seconds") or 0 for h in heads) + extra_s, 1),
         }
         log.info("ablation: %-48s OOF %.4f  test %s", label, res["oof_weighted_f1"], res["test_weighted_f1"])
         return res
 
-    kind = {n: runs[n]["metrics"].get("kind") for n in names}
-    pseudo = [n for n in names if "_pl" in n and n.rsplit("_pl", 1)[1].isdigit()]
-    knn = [n for n in names if kind[n] == "knn"]
-    base = [n for n in names if n not in pseudo and n not in knn]
-    seed, bcfg = int(cfg.get("seed", 0)), cfg.get("blend") or {}
-    trials, max_rows = int(bcfg.get("trials", 100)), int(bcfg.get("max_rows", 20_000))
-    rows = []
-    f1 = {n: scores(y[has], runs[n]["oof"][has].argmax(1))["weighted_f1"] for n in base}
-    best = max(f1, key=f1.get)
-    rows.append(row(f"best single base head ({best})", runs[best]["oof"], runs[best]["test"], [best]))
+    def blend(self, label, heads, raw=False) -> dict:
+        """The log-loss-weighted blend (Optuna) of `heads`; `raw`: their calibration undone."""
+        from .blend import combine, search_weights, subsample
 
-    def blend(label, heads, raw=False):
         t0 = time.time()
-        pairs = [_uncalibrated(runs[h], folds) if raw else (runs[h]["oof"], runs[h]["test"]) for h in heads]
-        idx = subsample(has, max_rows, seed)
-        w = search_weights([p[idx] for p, _ in pairs], y[idx], trials, False, "logloss", seed)
-        return row(
-            label,
-            combine([p for p, _ in pairs], w["weights"]),
-            combine([t for _, t in pairs], w["weights"]),
-            heads,
-            time.time() - t0,
-        )
+        trials, max_rows = int(self.bcfg.get("trials", 100)), int(self.bcfg.get("max_rows", 20_000))
+        runs = self.runs
+        pairs = [_uncalibrated(runs[h], self.folds) if raw else (runs[h]["oof"], runs[h]["test"]) for h in heads]
+        idx = subsample(self.has, max_rows, self.seed)
+        w = search_weights([p[idx] for p, _ in pairs], self.y[idx], trials, False, "logloss", self.seed)
+        oof, test = combine([p for p, _ in pairs], w["weights"]), combine([t for _, t in pairs], w["weights"])
+        return self.row(label, oof, test, heads, time.time() - t0)
 
-    extras = []  # the row meta-features, read once (a JSON parse of both splits)
+    def stack(self, label, heads, groups=True) -> dict:
+        """The stacker's cross-fit over `heads`, with or without the config's group evidence."""
+        from .blend.stack import cross_fit, row_side
 
-    def stack(label, heads, groups=True):
         t0 = time.time()
-        params = {"seed": seed, **(bcfg.get("stack") or {})}
-        if not extras:  # the config's groups, whichever variant comes first
-            extras.extend(row_side(cfg, params.get("groups")))
+        params = {"seed": self.seed, **(self.bcfg.get("stack") or {})}
+        if self._side is None:  # the config's groups, whichever variant comes first
+            self._side = row_side(self.cfg, params.get("groups"))
+        extra, extra_test, g, g_test = self._side
         if not groups:
-            params["groups"] = []
-        extra, extra_test, g, g_test = extras
-        if not groups:
-            g = g_test = None
+            params["groups"], g, g_test = [], None, None
         oof, test, _ = cross_fit(
-            [runs[h]["oof"] for h in heads],
-            [runs[h]["test_folds"] for h in heads],
-            y,
-            folds,
-            has,
-            len(classes),
+            [self.runs[h]["oof"] for h in heads],
+            [self.runs[h]["test_folds"] for h in heads],
+            self.y,
+            self.folds,
+            self.has,
+            len(self.classes),
             params,
             extra,
             extra_test,
             g,
             g_test,
         )
-        return row(label, np.nan_to_num(oof), test, heads, time.time() - t0)
+        return self.row(label, np.nan_to_num(oof), test, heads, time.time() - t0)
 
-    if len(base) > 1:
-        rows.append(blend("weighted blend of the base heads", base))
-        if any(runs[h]["metrics"].get("calibrate") for h in base):
-            rows.append(blend("  ... calibration off (temperatures undone)", base, raw=True))
-    if knn:
-        rows.append(blend("weighted blend, + kNN heads", base + knn))
-    if pseudo:
-        rows.append(blend("weighted blend, + kNN + pseudo-label rounds", base + knn + pseudo))
-    if bcfg.get("stack", {}) is not False and len(names) > 1:
-        rows.append(stack("stacker over every head", names))
-        if (bcfg.get("stack") or {}).get("groups"):
-            rows.append(
-                stack(
-                    "  ... without the group evidence (" + ", ".join(map(str, bcfg["stack"]["groups"])) + ")",
-                    names,
-                    groups=False,
-                )
-            )
-        if knn and len(base + pseudo) > 1:
-            rows.append(stack("  ... without the kNN heads", base + pseudo))
-        if pseudo and len(base + knn) > 1:
-            rows.append(stack("  ... without the pseudo-label rounds", base + knn))
-        listing = [n for n in names if kind[n] == "listing"]
-        if listing and len(names) - len(listing) > 1:
-            rows.append(stack("  ... without the listing head", [n for n in names if n not in listing]))
-    priors = fold_priors(y, np.where(has, folds, -1), len(classes))
+
+def _weighted_rows(ab: Ablation) -> list[dict]:
+    rows = []
+    if len(ab.base) > 1:
+        rows.append(ab.blend("weighted blend of the base heads", ab.base))
+        if any(ab.runs[h]["metrics"].get("calibrate") for h in ab.base):
+            rows.append(ab.blend("  ... calibration off (temperatures undone)", ab.base, raw=True))
+    if ab.knn:
+        rows.append(ab.blend("weighted blend, + kNN heads", ab.base + ab.knn))
+    if ab.pseudo:
+        rows.append(ab.blend("weighted blend, + kNN + pseudo-label rounds", ab.base + ab.knn + ab.pseudo))
+    return rows
+
+
+def _stacker_rows(ab: Ablation) -> list[dict]:
+    names, scfg = ab.names, ab.bcfg.get("stack", {})
+    if scfg is False or len(names) < 2:
+        return []
+    rows = [ab.stack("stacker over every head", names)]
+    if (scfg or {}).get("groups"):
+        without = "  ... without the group evidence (" + ", ".join(map(str, scfg["groups"])) + ")"
+        rows.append(ab.stack(without, names, groups=False))
+    if ab.knn and len(ab.base + ab.pseudo) > 1:
+        rows.append(ab.stack("  ... without the kNN heads", ab.base + ab.pseudo))
+    if ab.pseudo and len(ab.base + ab.knn) > 1:
+        rows.append(ab.stack("  ... without the pseudo-label rounds", ab.base + ab.knn))
+    listing = [n for n in names if ab.kind[n] == "listing"]
+    if listing and len(names) - len(listing) > 1:
+        rows.append(ab.stack("  ... without the listing head", [n for n in names if n not in listing]))
+    return rows
+
+
+def _logit_rows(ab: Ablation) -> list[dict]:
+    """The best head logit-adjusted (tau 0.5, 1), each fold's OOF rows with the other folds' prior."""
+    from .blend.choose import fold_adjusted, fold_priors
+
+    y, has, best = ab.y, ab.has, ab.best
+    priors = fold_priors(y, np.where(has, ab.folds, -1), len(ab.classes))
+    rows = []
     for tau in (0.5, 1.0):
-        oof = runs[best]["oof"].copy()
-        oof[has] = fold_adjusted(oof, folds, priors, tau, has)
-        rows.append(
-            row(
-                f"best head, logit adjustment tau={tau}",
-                oof,
-                logit_adjusted(runs[best]["test"], class_prior(y, len(classes)), tau),
-                [best],
-            )
-        )
-    blend_dir = Path(out_dir) / "oof" / bcfg.get("name", "blend")
-    if (blend_dir / "oof.npy").is_file():
-        b = load_oof(out_dir, bcfg.get("name", "blend"))
-        r = row(
-            f"the blend stage's choice ({b['metrics'].get('chosen')})",
-            np.nan_to_num(b["oof"]),
-            b["test"],
-            names,
-            b["metrics"].get("seconds") or 0,
-        )
-        rows.append(r)
+        oof = ab.runs[best]["oof"].copy()
+        oof[has] = fold_adjusted(oof, ab.folds, priors, tau, has)
+        test = logit_adjusted(ab.runs[best]["test"], class_prior(y, len(ab.classes)), tau)
+        rows.append(ab.row(f"best head, logit adjustment tau={tau}", oof, test, [best]))
+    return rows
+
+
+def _blend_stage_row(ab: Ablation) -> list[dict]:
+    name = ab.bcfg.get("name", "blend")
+    if not (Path(ab.cfg["out_dir"]) / "oof" / name / "oof.npy").is_file():
+        return []
+    b = load_oof(ab.cfg["out_dir"], name)
+    label = f"the blend stage's choice ({b['metrics'].get('chosen')})"
+    return [ab.row(label, np.nan_to_num(b["oof"]), b["test"], ab.names, b["metrics"].get("seconds") or 0)]
+
+
+def _write_ablation(out_dir, rows: list[dict]) -> None:
     out = Path(out_dir) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))
@@ -189,5 +194,15 @@ def run_ablation(cfg: dict) -> list[dict]:
     ]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(["ablation (from the OOF files; no head refit):"] + lines))
+
+
+def run_ablation(cfg: dict) -> list[dict]:
+    """The table of the module doc: read the files once, then its rows in order, then write."""
+    t_all = time.time()
+    ab = Ablation(cfg)
+    best = ab.runs[ab.best]
+    rows = [ab.row(f"best single base head ({ab.best})", best["oof"], best["test"], [ab.best])]
+    rows += _weighted_rows(ab) + _stacker_rows(ab) + _logit_rows(ab) + _blend_stage_row(ab)
+    _write_ablation(cfg["out_dir"], rows)
     log.info("ablation in %.0fs", time.time() - t_all)
     return rows

@@ -56,10 +56,11 @@ def validate_submission(sub: pd.DataFrame, test_ids, train_classes, where: str =
         raise DataError("\n".join(problems))
 
 
-def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir) -> Path:
-    """Write submissions/{name}.csv and .parquet after validating against the data."""
+def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir, frames=None) -> Path:
+    """Write submissions/{name}.csv and .parquet after validating against the data (`frames`: its
+    (train, test) frames, when the caller has read them)."""
     sub = pd.DataFrame({ID: np.asarray(test_ids).astype(np.int64), TARGET: label_array(pred_classes)})
-    check_against_data(sub, data_dir, f"submission {name}")
+    check_against_data(sub, data_dir, f"submission {name}", frames)
     folder = Path(out_dir) / "submissions"
     folder.mkdir(parents=True, exist_ok=True)
     sub.to_csv(folder / f"{name}.csv", index=False)
@@ -73,9 +74,10 @@ def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir) -> Pa
     return folder / f"{name}.csv"
 
 
-def check_against_data(sub: pd.DataFrame, data_dir, where: str) -> None:
-    test = load_split(data_dir, "test", parse_text=False)
-    train = load_split(data_dir, "train", parse_text=False)
+def check_against_data(sub: pd.DataFrame, data_dir, where: str, frames=None) -> None:
+    if frames is None:
+        frames = load_split(data_dir, "train", parse_text=False), load_split(data_dir, "test", parse_text=False)
+    train, test = frames
     validate_submission(sub, test[ID].to_numpy(), np.unique(train[TARGET]), where)
 
 

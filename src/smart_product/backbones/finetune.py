@@ -69,66 +69,25 @@ def finetune(
     (log, {"weight": n_classes x dim, "bias": n_classes}) too: the trained class head, float32,
     which maps `embed`'s vectors to the fine-tuned classifier's logits.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from torch.utils.data.distributed import DistributedSampler
-
     dev = device()
-    rank, world = dist_info()
     torch.manual_seed(seed)
-    labels = np.asarray(labels, dtype=np.int64)  # cross-entropy wants int64 class codes
-    if lora and train_layers is not None:
-        raise ConfigError("finetune: lora and train_layers are two ways to train part of a model; use one")
-    if lora:
-        add_lora(encoder, lora)
-    if train_layers is not None:
-        train_top_layers(encoder, train_layers)
+    _trainable_part(encoder, lora, train_layers)
     prepare(encoder, dev)
     model = Classifier(encoder, n_classes).to(dev).train()
-    keep = usable(kind, items)  # rows without a usable image teach nothing
-    if isinstance(items, (CachedRows, StateRows, MapRows)):
-        items = items[np.flatnonzero(keep)]
-    else:
-        items = [it for it, k in zip(items, keep) if k]
-    labels = labels[keep]
-    per_rank = max(1, math.ceil(batch_size / world))
-    loader_set = Loader(encoder, kind)
-    sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    augment = BatchAugment(encoder.size) if isinstance(items, CachedRows) else None
-    in_loader = augment is not None and dev.type == "cpu" and n_workers(workers) > 0  # beside the compute
-    loader = loader_set.make(
-        items,
-        per_rank,
-        labels=labels,
-        train=True,
-        workers=workers,
-        sampler=sampler,
-        augment=augment if in_loader else None,
-        seed=seed,
-    )
-    if in_loader:
-        augment = None
-    elif augment is not None:
-        augment = augment.to(dev)
-    weight = None
-    if class_weights:
-        counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
-        weight = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0), device=dev)
-        weight = weight / weight[counts > 0].mean()
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    items, labels = _usable_rows(kind, items, labels)
+    loader, sampler, augment = _train_batches(encoder, kind, items, labels, batch_size, workers, seed, dev)
+    loss_fn = _loss(labels, n_classes, class_weights, label_smoothing, dev)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": trainable, "lr": lr}, {"params": model.head.parameters(), "lr": head_lr or lr * 10}],
         weight_decay=weight_decay,
     )
-    net = model
-    if world > 1:
-        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     sched = warmup_cosine(opt, epochs * len(loader), warmup)
+    net = _distributed(model, dev)
     # On a CPU, convolutions train in float32 whatever `cpu_bf16` says: bf16 autocast halves the
     # throughput of EfficientNet-Lite0's top stages' training steps there (65 against 147 rows/s on
     # one core), while it speeds up their forward passes (874 against 509) and text encoders' training.
     train_bf16 = cpu_bf16 and not (dev.type == "cpu" and kind == "image")
-    params = trainable + list(model.head.parameters())
 
     def step(x, y):
         x, y = to_device(x, dev), y.to(dev)
@@ -136,21 +95,19 @@ def finetune(
             x = augment(x)
         with autocast(dev, train_bf16):
             logits = net(x)
-        loss = loss_fn(logits.float(), y)
-        return loss, logits, y
+        return loss_fn(logits.float(), y), logits, y
 
     t0 = time.time()
-    history = train_epochs(loader, epochs, step, opt, sched, params, desc, sampler)
+    history = train_epochs(loader, epochs, step, opt, sched, trainable + list(model.head.parameters()), desc, sampler)
     merge_lora(encoder)
     encoder.eval()
-    n_trainable = sum(p.numel() for p in trainable)
     log_ = {
         "history": history,
         "rows": int(len(labels)),
         "seconds": round(time.time() - t0, 2),
-        "world_size": world,
+        "world_size": dist_info()[1],
         "rows_per_rank": len(sampler),
-        "trainable_params": int(n_trainable),
+        "trainable_params": int(sum(p.numel() for p in trainable)),
         "lora": bool(lora),
         "train_layers": train_layers,
         "decode_once": isinstance(items, CachedRows),
@@ -159,6 +116,68 @@ def finetune(
         return log_
     head = {k: v.detach().float().cpu().numpy() for k, v in model.head.state_dict().items()}
     return log_, head
+
+
+def _trainable_part(encoder: nn.Module, lora: dict | None, train_layers: int | None) -> None:
+    """Which part of the encoder trains: LoRA adapters (`lora`), the top layers (`train_layers`), or all."""
+    if lora and train_layers is not None:
+        raise ConfigError("finetune: lora and train_layers are two ways to train part of a model; use one")
+    if lora:
+        add_lora(encoder, lora)
+    if train_layers is not None:
+        train_top_layers(encoder, train_layers)
+
+
+def _usable_rows(kind: str, items, labels):
+    """The rows worth training on (rows without a usable image teach nothing) and their int64 labels."""
+    labels = np.asarray(labels, dtype=np.int64)  # cross-entropy wants int64 class codes
+    keep = usable(kind, items)
+    if isinstance(items, (CachedRows, StateRows, MapRows)):
+        return items[np.flatnonzero(keep)], labels[keep]
+    return [it for it, k in zip(items, keep) if k], labels[keep]
+
+
+def _train_batches(encoder, kind: str, items, labels, batch_size: int, workers, seed: int, dev):
+    """(loader, sampler, augment): each process's shuffled shard of every epoch (DistributedSampler,
+    for one process too) in batches of batch_size / world. Decode-once photos are augmented on the
+    batch (BatchAugment): in a DataLoader worker beside the compute on a CPU, else on the device
+    (`augment`, applied by the training step; None when the loader does it)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    rank, world = dist_info()
+    sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    augment = BatchAugment(encoder.size) if isinstance(items, CachedRows) else None
+    in_loader = augment is not None and dev.type == "cpu" and n_workers(workers) > 0
+    loader = Loader(encoder, kind).make(
+        items,
+        max(1, math.ceil(batch_size / world)),
+        labels=labels,
+        train=True,
+        workers=workers,
+        sampler=sampler,
+        augment=augment if in_loader else None,
+        seed=seed,
+    )
+    return loader, sampler, None if in_loader or augment is None else augment.to(dev)
+
+
+def _loss(labels, n_classes: int, class_weights: bool, label_smoothing: float, dev):
+    """Cross-entropy with label smoothing, or with class weights (inverse square-root frequency)."""
+    weight = None
+    if class_weights:
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+        weight = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0), device=dev)
+        weight = weight / weight[counts > 0].mean()
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+
+def _distributed(model: nn.Module, dev, **kwargs) -> nn.Module:
+    """The model wrapped in DDP under torchrun (more than one process), else itself."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if dist_info()[1] > 1:
+        return DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, **kwargs)
+    return model
 
 
 def warmup_cosine(opt, total_steps: int, warmup: float):

@@ -16,7 +16,7 @@
 - pseudo.py      pseudo-labels for round r from fold-k models only
 - tune.py        Optuna search of a head's params (`make tune`)
 
-The level-2 model over the heads' OOF probabilities (stacking) sits beside the blend: stack.py.
+The level-2 model over the heads' OOF probabilities (stacking) is one of the blend's procedures: ../blend/stack.py.
 """
 
 from __future__ import annotations

@@ -61,18 +61,3 @@ def logit_adjusted(P: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
         return P
     out = P * (prior**-tau).astype(np.float32)
     return (out / np.maximum(out.sum(1, keepdims=True), EPS)).astype(np.float32)
-
-
-def fold_priors(y: np.ndarray, folds: np.ndarray, n_classes: int) -> dict:
-    """{fold k: the class prior of the rows of the other folds} for every validated fold."""
-    return {k: class_prior(y[folds != k], n_classes) for k in np.unique(folds[folds >= 0])}
-
-
-def fold_adjusted(P: np.ndarray, folds: np.ndarray, priors: dict, tau: float, rows: np.ndarray) -> np.ndarray:
-    """P[rows] (OOF rows) logit-adjusted, each fold's rows with its own prior (fold_priors), so
-    no row's label reaches its own adjustment."""
-    out = np.empty((int(rows.sum()), P.shape[1]), np.float32)
-    sel = folds[rows]
-    for k, prior in priors.items():
-        out[sel == k] = logit_adjusted(P[rows & (folds == k)], prior, tau)
-    return out

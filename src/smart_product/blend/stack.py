@@ -1,4 +1,5 @@
-"""Stacking: a level-2 model over the heads' OOF probabilities, one of the blend's procedures.
+"""The stacker: a level-2 model over the heads' OOF probabilities, two of the blend's procedures
+(`stack`, `stack_groups`: procedures.py).
 
 Scales to ~900 classes by scoring (row, candidate class) pairs with one small model shared by
 all classes, instead of one weight per head x class x class:
@@ -339,7 +340,7 @@ class Stacker:
 
 def make_stacker(params: dict) -> Stacker:
     """A Stacker from config `blend.stack` params; an unknown key is a config error, not a traceback."""
-    from .data import DataError
+    from ..data import DataError
 
     try:
         return Stacker(**params)
@@ -368,7 +369,7 @@ def cross_fit(
     ks = sorted(set(folds[has].tolist()))
     bad = [T.shape[0] for T in test_probs if T.ndim == 3 and T.shape[0] != len(ks)]
     if bad:
-        from .data import DataError
+        from ..data import DataError
 
         raise DataError(
             f"stacker: heads hold {bad[0]} fold models' test probabilities, the folds are {len(ks)} "
@@ -410,13 +411,15 @@ def cross_fit(
     )
 
 
-def row_side(cfg: dict, groups=()) -> tuple:
-    """The stacker's row side information, each split read once: (extra, extra_test, groups,
-    groups_test). extra: has_image, log(1 + title chars), log(1 + description chars); groups:
-    group_codes of the `groups` specs (None when there are none)."""
-    from .data import load_split
+def row_side(cfg: dict, groups=(), frames=None) -> tuple:
+    """The stacker's row side information: (extra, extra_test, groups, groups_test). extra:
+    has_image, log(1 + title chars), log(1 + description chars); groups: group_codes of the
+    `groups` specs (None when there are none). `frames`: the (train, test) frames with their text
+    parsed, when the caller has read them; else each split is read here."""
+    from ..data import load_split
 
-    frames = [load_split(cfg["data_dir"], split) for split in ("train", "test")]
+    if frames is None:
+        frames = [load_split(cfg["data_dir"], split) for split in ("train", "test")]
     extra = []
     for df in frames:
         cols = [df["has_image"].to_numpy(np.float32)]
@@ -433,7 +436,7 @@ def group_codes(frames, names) -> tuple[np.ndarray | None, np.ndarray | None]:
     column:n (its first n words, lower case: "title:1") or a*b (a joint key: "shop_id*title:1")."""
     import pandas as pd
 
-    from .data import DataError
+    from ..data import DataError
 
     if isinstance(names, str) or not isinstance(names or [], (list, tuple)):
         raise DataError(f'config blend.stack.groups: a list of group specs (e.g. [shop_id, "title:1"]), not {names!r}')

@@ -1,0 +1,128 @@
+"""The blend's procedures, in one table with one interface (`Procedure`): `held_out()` scores it
+out of fold, fold k's rows by its choice made on the other folds' OOF rows; `refit()` makes it on
+all folds, for the OOF rows and the test rows, if it is chosen (choose.py).
+
+- `optuna_f1`: weights (and with `blend.temperature: true` a temperature per head) maximising OOF
+  weighted F1; `optuna_logloss`: weights minimising log loss (smoother, less prone to fitting
+  noise); `optuna_logloss_temperature`: log loss with a temperature per head. Each search is seeded
+  with each head alone and the equal-weight mean, and runs on at most `blend.max_rows` rows (a
+  seeded sample; default 20,000), so its cost and memory do not grow with the catalogue. The test
+  rows get a temperature on each fold model's probabilities, as the OOF rows did (weights.py).
+- `best_single`: the head with the best OOF weighted F1 (on the choice rows).
+- `stack` and `stack_groups`: the level-2 model over the heads' probabilities (stack.py), without
+  and with the group evidence of `blend.stack.groups`; held out is its cross-fit OOF, and the test
+  rows come from each fold's stacker over that fold's models' test probabilities, averaged.
+  `blend.stack: false` turns both off.
+
+`blend.procedures` limits the candidates. Everything stays float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import DataError
+from ..heads import scores
+from .inputs import BlendInputs
+from .weights import combine, fold_tempered_test, out_of_fold, search_weights, subsample
+
+
+@dataclass
+class Procedure:
+    held_out: Callable[[], np.ndarray]  # class index of every row; fold k's rows by the choice on the others
+    refit: Callable[[], tuple]  # (OOF probabilities, test probabilities, its record for weights.json)
+
+
+def weighted(inp: BlendInputs, choose) -> Procedure:
+    """A weight procedure: `choose(rows)` -> {weights, temperatures} picked on those rows."""
+
+    def refit():
+        w = choose(inp.has)
+        tests = [fold_tempered_test(r, t) for r, t in zip(inp.runs, w["temperatures"])]  # tempered as the OOF rows
+        return combine(inp.oofs, w["weights"], w["temperatures"]), combine(tests, w["weights"]), w
+
+    return Procedure(lambda: out_of_fold(choose, inp.oofs, inp.splits), refit)
+
+
+def optuna(inp: BlendInputs, metric: str, temperature: bool):
+    """Weights by an Optuna search on at most `blend.max_rows` of the rows (a seeded sample), so a
+    trial recombines max_rows x classes, not 91k x 864; they are then scored on all the rows."""
+    n_trials, max_rows = int(inp.bcfg.get("trials", 100)), int(inp.bcfg.get("max_rows", 20_000))
+
+    def choose(rows):
+        idx = subsample(rows, max_rows, inp.seed)
+        return search_weights([p[idx] for p in inp.oofs], inp.y[idx], n_trials, temperature, metric, inp.seed)
+
+    return choose
+
+
+def best_single(inp: BlendInputs):
+    def choose(rows):
+        f1 = [scores(inp.y[rows], p[rows].argmax(1))["weighted_f1"] for p in inp.oofs]
+        return {"weights": np.eye(len(inp.heads))[int(np.argmax(f1))].tolist(), "temperatures": [1.0] * len(inp.heads)}
+
+    return choose
+
+
+def stacking(inp: BlendInputs, params: dict, side: tuple) -> Procedure:
+    """A stacker procedure: held out = its cross-fit OOF (fold k's rows from stacker k, fit on the
+    other folds), kept as the refit's OOF; test rows from each stacker k over fold k's models' test
+    probabilities (the heads' test_folds), averaged. side: stack.row_side's (extra, extra_test,
+    groups, groups_test); groups None = none."""
+    from .stack import cross_fit
+
+    extra, extra_test, groups, groups_test = side
+    made = {}
+
+    def held_out():
+        made["oof"], made["test"], made["info"] = cross_fit(
+            inp.oofs,
+            [r["test_folds"] for r in inp.runs],
+            inp.y,
+            inp.folds,
+            inp.has,
+            len(inp.classes),
+            params,
+            extra,
+            extra_test,
+            groups,
+            groups_test,
+        )
+        return made["oof"].argmax(1)  # NaN rows (never validated) are not scored
+
+    def refit():
+        return np.nan_to_num(made["oof"]), made["test"], {"stacker": {"params": params, **made["info"]}}
+
+    return Procedure(held_out, refit)
+
+
+def procedures(inp: BlendInputs) -> dict[str, Procedure]:
+    """The table of the procedures this config lets compete (`blend.procedures`)."""
+    table = {
+        "optuna_f1": weighted(inp, optuna(inp, "f1", bool(inp.bcfg.get("temperature", False)))),
+        "optuna_logloss": weighted(inp, optuna(inp, "logloss", False)),
+        "optuna_logloss_temperature": weighted(inp, optuna(inp, "logloss", True)),
+        "best_single": weighted(inp, best_single(inp)),
+    }
+    scfg = inp.bcfg.get("stack", {})
+    if scfg is not False and len(inp.heads) > 1:
+        from .stack import make_stacker, row_side
+
+        params = {"seed": inp.seed, **(scfg or {})}
+        make_stacker(params)  # a bad config key fails here, before any fit
+        side = row_side(inp.cfg, params.get("groups"), inp.frames)
+        missing = [h for h, r in zip(inp.heads, inp.runs) if r["test_folds"] is None]
+        if missing:
+            raise DataError(
+                f"oof/{missing[0]}: no test_folds.npy (each fold model's test probabilities, which the "
+                f"stacker scores fold by fold); rerun `make train`"
+            )
+        table["stack"] = stacking(inp, {**params, "groups": []}, (*side[:2], None, None))
+        if params.get("groups"):
+            table["stack_groups"] = stacking(inp, params, side)
+    if inp.bcfg.get("procedures"):
+        table = {k: v for k, v in table.items() if k in inp.bcfg["procedures"]}
+    return table
