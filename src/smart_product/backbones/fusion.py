@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..images import BatchAugment, CachedImageSet, CachedRows
 from .distributed import dist_info
-from .finetune import train_epochs, warmup_cosine
+from .finetune import _distributed, train_epochs, warmup_cosine
 from .hardware import autocast, device, prepare
 from .lower import MapRows, StateRows
 
@@ -255,7 +255,6 @@ def train_fusion(
     gradients clipped to norm 1. Photos over the whole backbone are augmented on the device (resized
     crop, flip, rotation). Under torchrun the model is wrapped in DDP and each process trains on its
     shard of every epoch; `batch_size` is the global batch. Returns a small training log."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data.distributed import DistributedSampler
 
     dev = device()
@@ -282,9 +281,7 @@ def train_fusion(
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
     sched = warmup_cosine(opt, epochs * len(loader), warmup)
-    net = model
-    if world > 1:  # a batch without a photo, or with aux_weight 0, leaves parameters unused
-        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    net = _distributed(model, dev, find_unused_parameters=True)  # a batch without a photo leaves some unused
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gen = torch.Generator().manual_seed(seed)
 
