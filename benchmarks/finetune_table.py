@@ -108,20 +108,26 @@ def bench_data(run: Path, res: dict) -> Path:
     return run / "resplit" if res.get("resplit") else Path(res["data"])
 
 
-def main() -> None:
+def table_args(description: str, config: str | None = None):
+    """A table script's command line (--run, --config, --seeds, --reuse): (args, the run's folder,
+    the config, the run's bench/results.json)."""
     from smart_product.config import load_config
-    from smart_product.heads import head_names
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run", required=True, help="the out_dir of the bench run")
-    ap.add_argument("--config", default=CONFIG)
+    ap.add_argument("--config", default=config, required=config is None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--reuse", action="store_true", help="keep the blends an earlier table wrote (and timed)")
     args = ap.parse_args()
     run = Path(args.run).resolve()
-    cfg = load_config(args.config)
+    return args, run, load_config(args.config), json.loads((run / "bench" / "results.json").read_text())
+
+
+def main() -> None:
+    from smart_product.heads import head_names
+
+    args, run, cfg, res = table_args(__doc__.splitlines()[0], CONFIG)
     rows = cfg["finetune_table"]
-    res = json.loads((run / "bench" / "results.json").read_text())
     data = bench_data(run, res)
     heads = {r["model"]: r for r in res["results"]}
     base = [h for h in head_names(cfg) if not any(h in row for row in rows.values())]

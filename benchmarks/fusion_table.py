@@ -19,12 +19,11 @@ each (benchmarks/finetune_table.py). Writes RUN/bench/fusion_table.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
-from finetune_table import bench_data, blends, run_seconds, set_seconds, summary
+from finetune_table import bench_data, blends, run_seconds, set_seconds, summary, table_args
 
 
 def scored(run: Path, data: Path, P_oof: np.ndarray, P_test: np.ndarray, head: str) -> tuple[float, float]:
@@ -50,20 +49,11 @@ def set_peak(run: Path, name: str) -> float | None:
 
 
 def main() -> None:
-    from smart_product.config import load_config
     from smart_product.heads import head_names
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="the out_dir of the bench run")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--reuse", action="store_true", help="keep the blends an earlier table wrote (and timed)")
-    args = ap.parse_args()
-    run = Path(args.run).resolve()
-    cfg = load_config(args.config)
+    args, run, cfg, res = table_args(__doc__.splitlines()[0])
     spec = cfg["fusion_table"]
     singles, fusion = spec["single"], spec["fusion"]
-    res = json.loads((run / "bench" / "results.json").read_text())
     data = bench_data(run, res)
     loaded = {
         h: (np.load(run / "oof" / h / "oof.npy"), np.load(run / "oof" / h / "test.npy")) for h in [*singles, fusion]

@@ -336,7 +336,7 @@ def test_group_evidence_of_a_test_row_is_counted_like_a_training_rows(monkeypatc
     """A training row's group counts leave its own fold out (3 of stacker k's 4 folds at K = 5);
     a predicted row's are counted with each training fold left out in turn, so log(1 + n_g) is
     distributed alike for both, not a quarter larger for the predicted rows."""
-    from smart_product import stack
+    from smart_product.blend import stack
 
     probs, y, folds, c = _synthetic_heads(n=1500, seed=4)
     shop = np.random.default_rng(1).integers(0, 20, len(y))  # ~75 rows a shop
