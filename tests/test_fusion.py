@@ -217,6 +217,7 @@ def test_a_catalogue_without_photos_trains_the_fusion_without_its_photo_branch(d
     _, m = run()
     meta = json.loads((Path(cfg["out_dir"]) / "features" / "fusion" / "fold0" / "meta.json").read_text())
     assert meta["fusion"]["branches"] == ["dense_tabular", "dense_tfidf", "shop"]
+    assert meta["fusion"]["batch_size"] == 512  # no backbone branch: dense_batch_size, not batch_size
     assert m["overall"]["weighted_f1"] > 2 * _majority_f1(data)
 
 

@@ -303,6 +303,7 @@ def train_fusion(
     return {
         "history": history,
         "rows": int(len(labels)),
+        "batch_size": int(batch_size),
         "rows_with_photo": int(rows.photo_ok.sum()),
         "seconds": round(time.time() - t0, 2),
         "world_size": world,

@@ -24,6 +24,9 @@ Options, beside `kind: fusion`:
 - the model and its training: `adapter`, `dropout`, `aux_weight`, `modality_dropout`,
   `label_smoothing`, `epochs`, `lr` (adapters and heads), `photo_lr`, `text_lr`, `batch_size`,
   `warmup`, `weight_decay`, `seed`; `embed_batch_size`; `save_weights`.
+- `dense_batch_size` (512): the batch of a model with no backbone branch (no photo branch, no text
+  set; ozon: the TF-IDF's SVD, navec, the tabular columns and the shop), whose step at `batch_size`
+  64 is mostly Python overhead.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ KEYS = {
     "shop_min_count",
     "embed_batch_size",
     "gpu_batch_size",
+    "dense_batch_size",
     "save_weights",
     *TRAIN_KEYS,
     *MODEL_KEYS,
@@ -229,12 +233,16 @@ def fusion_embed(train, test, opts: dict, fold_of_row: np.ndarray, k: int, ctx: 
     )
     rows_train, rows_test = FusionRows(**rows["train"]), FusionRows(**rows["test"])
     desc = f"{opts['name']} fold{k}"
-    log_ = train_fusion(
-        model, rows_train[np.flatnonzero(fit)], y[fit], desc=desc, **{key: opts[key] for key in TRAIN_KEYS if key in opts}
-    )
+    train_opts = {key: opts[key] for key in TRAIN_KEYS if key in opts}
+    if not modules:  # cheap branches only: a large batch (the step at 64 rows is mostly overhead)
+        train_opts["batch_size"] = int(opts.get("dense_batch_size", 512))
+        log.info("%s: no backbone branch; batches of %d rows", desc, train_opts["batch_size"])
+    log_ = train_fusion(model, rows_train[np.flatnonzero(fit)], y[fit], desc=desc, **train_opts)
     if dist_info()[0] > 0:
         return None
     bs = int(opts.get("gpu_batch_size", 256) if device().type == "cuda" else opts.get("embed_batch_size", 128))
+    if not modules:
+        bs = max(bs, train_opts["batch_size"])
     Xtr, rate = embed_fusion(model, rows_train, bs, f"{desc} train")
     Xte, _ = embed_fusion(model, rows_test, bs, f"{desc} test")
     head = {name: t.detach().float().cpu().numpy() for name, t in model.head.state_dict().items()}
