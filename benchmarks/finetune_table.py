@@ -130,7 +130,10 @@ def main() -> None:
     rows = cfg["finetune_table"]
     data = bench_data(run, res)
     heads = {r["model"]: r for r in res["results"]}
-    base = [h for h in head_names(cfg) if not any(h in row for row in rows.values())]
+    base = [h for h in head_names(cfg) if h in heads and not any(h in row for row in rows.values())]
+    skipped = [h for h in head_names(cfg) if h not in heads]
+    if skipped:  # a head the run skipped (fields_lr above its max_classes) has no OOF files
+        print(f"left out, the run has no OOF for them: {', '.join(skipped)}")
     out = {"run": str(run), "data": str(data), "resplit": res.get("resplit"), "base_heads": base, "rows": {}}
     lines = []
     for i, (row, own) in enumerate(rows.items()):

@@ -73,7 +73,8 @@ def main() -> None:
         **dict(zip(("oof", "test"), scored(run, data, *mean, singles[0]))),
         "seconds": sum(rows[h]["seconds"] for h in singles),
     }
-    base = [h for h in head_names(cfg) if h not in [*spec.get("table_only", singles), fusion]]
+    ran = {r["model"] for r in res["results"]}  # a head the run skipped (over its max_classes) has no OOF
+    base = [h for h in head_names(cfg) if h in ran and h not in [*spec.get("table_only", singles), fusion]]
     stack = {}
     for tag, heads in (("without", base), ("with", [*base, fusion])):
         bl = blends(run, args.config, data, heads, f"fz_{tag}", args.seeds, args.reuse)
