@@ -108,6 +108,18 @@ def bench_data(run: Path, res: dict) -> Path:
     return run / "resplit" if res.get("resplit") else Path(res["data"])
 
 
+def heads_run(cfg: dict, res: dict) -> list[str]:
+    """The config's heads that the run has results for, in config order. A head the run skipped
+    (fields_lr above its max_classes) has no OOF files: it is named and left out."""
+    from smart_product.heads import head_names
+
+    ran = {r["model"] for r in res["results"]}
+    skipped = [h for h in head_names(cfg) if h not in ran]
+    if skipped:
+        print(f"left out, the run has no OOF for them: {', '.join(skipped)}")
+    return [h for h in head_names(cfg) if h in ran]
+
+
 def table_args(description: str, config: str | None = None):
     """A table script's command line (--run, --config, --seeds, --reuse): (args, the run's folder,
     the config, the run's bench/results.json)."""
@@ -124,16 +136,11 @@ def table_args(description: str, config: str | None = None):
 
 
 def main() -> None:
-    from smart_product.heads import head_names
-
     args, run, cfg, res = table_args(__doc__.splitlines()[0], CONFIG)
     rows = cfg["finetune_table"]
     data = bench_data(run, res)
     heads = {r["model"]: r for r in res["results"]}
-    base = [h for h in head_names(cfg) if h in heads and not any(h in row for row in rows.values())]
-    skipped = [h for h in head_names(cfg) if h not in heads]
-    if skipped:  # a head the run skipped (fields_lr above its max_classes) has no OOF files
-        print(f"left out, the run has no OOF for them: {', '.join(skipped)}")
+    base = [h for h in heads_run(cfg, res) if not any(h in row for row in rows.values())]
     out = {"run": str(run), "data": str(data), "resplit": res.get("resplit"), "base_heads": base, "rows": {}}
     lines = []
     for i, (row, own) in enumerate(rows.items()):

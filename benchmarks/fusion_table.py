@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from finetune_table import bench_data, blends, run_seconds, set_seconds, summary, table_args
+from finetune_table import bench_data, blends, heads_run, run_seconds, set_seconds, summary, table_args
 
 
 def scored(run: Path, data: Path, P_oof: np.ndarray, P_test: np.ndarray, head: str) -> tuple[float, float]:
@@ -49,8 +49,6 @@ def set_peak(run: Path, name: str) -> float | None:
 
 
 def main() -> None:
-    from smart_product.heads import head_names
-
     args, run, cfg, res = table_args(__doc__.splitlines()[0])
     spec = cfg["fusion_table"]
     singles, fusion = spec["single"], spec["fusion"]
@@ -73,8 +71,7 @@ def main() -> None:
         **dict(zip(("oof", "test"), scored(run, data, *mean, singles[0]))),
         "seconds": sum(rows[h]["seconds"] for h in singles),
     }
-    ran = {r["model"] for r in res["results"]}  # a head the run skipped (over its max_classes) has no OOF
-    base = [h for h in head_names(cfg) if h in ran and h not in [*spec.get("table_only", singles), fusion]]
+    base = [h for h in heads_run(cfg, res) if h not in [*spec.get("table_only", singles), fusion]]
     stack = {}
     for tag, heads in (("without", base), ("with", [*base, fusion])):
         bl = blends(run, args.config, data, heads, f"fz_{tag}", args.seeds, args.reuse)
