@@ -1,25 +1,29 @@
 # smart-product: the pipeline as a DAG of stages. Each stage reads the files the one before wrote,
 # so any stage can be rerun alone (unchanged work is cached by content keys, not file times).
-# Variables: DATA=dir (competition layout), CONFIG=configs/x.yaml, OUT=dir (outputs; default here),
-# FOLD=k (features/train: one fold as its own job; a later plain `make train` assembles the folds).
+# Variables: DATA=dir (competition layout), CONFIG=auto|configs/{name}.yaml (auto: picked from the data and
+# the machine), OUT=dir (outputs; default: here for the demo, runs/{DATA's folder name} for a catalogue),
+# IMAGES=off (a text-only run), FOLD=k (features/train: one fold as its own job; a later plain
+# `make train` assembles the folds).
 #
 #   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> oof/{head}/
 #        -> oof/blend/ + submissions/blend.{csv,parquet}          (eda -> reports/eda/ on the side)
+#   the file to upload: OUT/submissions/blend.parquet (the blend's last line names it)
 #
 PY     ?= .venv/bin/python
-CONFIG ?= configs/cpu.yaml
+PYTHON ?= python3
+CONFIG ?= auto
 DATA   ?=
 RUN     = $(PY) -m smart_product
 OUT    ?=
-ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(abspath $(OUT)))
+ARGS    = --config $(CONFIG) $(if $(DATA),--data $(DATA)) $(if $(OUT),out_dir=$(abspath $(OUT))) $(if $(IMAGES),images=$(IMAGES))
 FOLDARG = $(if $(FOLD),--fold $(FOLD))
 # with no DATA the default data is the built-in demo set, made on first use
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: help setup all demo-data validate folds eda features train tune report blend score validate-sub bench bench-images ablation lint test clean
+.PHONY: help setup python-check all demo-data validate folds eda features train tune report blend score validate-sub bench bench-images ablation lint test clean
 
-all: folds features train blend eda   ## the main job: data -> submission
+all: folds features train eda blend   ## the main job: data -> submission (its last line: the file to upload)
 
 help:                                ## this list: every target and what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,12 +37,16 @@ UV_VERSION = 0.13.9
 PIPQ    = .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir
 UVQ     = .venv/bin/uv pip install -q --no-cache --compile-bytecode --python .venv/bin/python
 
-setup: .venv/.done                   ## .venv with everything in requirements.txt [INSTALLER=uv|pip]
+PYFLOOR = 3.11
+setup: python-check .venv/.done      ## .venv with everything in requirements.txt [INSTALLER=uv|pip] [PYTHON=python3.x]
+python-check:                        # the pins (numpy 2.4, pandas 3.1, torch 2.15) need Python >= 3.11
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "setup: Python >= $(PYFLOOR) needed by requirements.txt (numpy 2.4, pandas 3.1, torch 2.15); '$(PYTHON)' is $$($(PYTHON) --version 2>&1 | head -1): install 3.11+ and run make setup PYTHON=python3.11"; exit 1; }
 .venv/.done: requirements.txt pyproject.toml
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	  echo "setup: $$free GiB free here; .venv takes about 7 GiB (the PyPI torch wheels carry CUDA)"; \
 	  [ "$$free" -ge 7 ] || echo "setup: WARNING: under 7 GiB free, the install may stop with 'No space left on device'"
-	python3 -m venv .venv
+	$(PYTHON) -m venv .venv
 	@if [ "$(INSTALLER)" = uv ] && $(PIPQ) uv==$(UV_VERSION) && $(UVQ) -r requirements.txt && $(UVQ) --no-deps -e .; \
 	then echo "setup: installed with uv $(UV_VERSION)"; \
 	else [ "$(INSTALLER)" = uv ] && echo "setup: uv failed; installing with pip"; \
@@ -47,7 +55,7 @@ setup: .venv/.done                   ## .venv with everything in requirements.tx
 
 demo-data: $(DEMO)                   ## built-in demo data (deterministic)
 $(DEMO):
-	$(RUN) demo-data --config $(CONFIG) --out data/demo
+	$(RUN) demo-data --config configs/cpu.yaml --out data/demo
 
 validate: $(DATADEP)                 ## check data + every image, print counts
 	$(RUN) validate $(ARGS)
@@ -73,11 +81,11 @@ report:                              ## OOF report over oof/* (no refitting)
 blend: train                         ## -> oof/blend/, submissions/blend.csv + .parquet, oof/report.md
 	$(RUN) blend $(ARGS)
 
-score:                               ## SUB=file SOLUTION=file: local leaderboard (weighted/macro F1, accuracy)
-	$(RUN) score $(ARGS) --sub $(SUB) --solution $(SOLUTION)
+score:                               ## [SUB=file] [SOLUTION=file]: local score where DATA has test labels (solution.csv)
+	$(RUN) score $(ARGS) $(if $(SUB),--sub $(SUB)) $(if $(SOLUTION),--solution $(SOLUTION))
 
-validate-sub:                        ## SUB=file: every test id once, only train categories
-	$(RUN) validate-sub $(ARGS) --sub $(SUB)
+validate-sub:                        ## [SUB=file]: the run's upload file (or SUB) against DATA: every test id once, train categories
+	$(RUN) validate-sub $(ARGS) $(if $(SUB),--sub $(SUB))
 
 bench:                               ## DATA=dir [CONFIG=..] [OUT=runs/x] [RESPLIT=grouped|random SEED=n]: pipeline + peer, timings -> OUT/bench/
 	$(RUN) bench $(ARGS) $(if $(RESPLIT),bench.resplit=$(RESPLIT) bench.resplit_seed=$(or $(SEED),0))
@@ -95,5 +103,5 @@ lint:                                ## ruff: lint and format check of the whole
 test:                                ## the test suite
 	$(PY) -m pytest -q
 
-clean:                               ## remove generated outputs (keeps data/)
-	rm -rf folds/*.csv folds/*.json features/*/ oof/*/ oof/report.* oof/*.png submissions/*.csv submissions/*.parquet reports
+clean:                               ## remove OUT's generated outputs (folds, features, oof, submissions, reports; keeps data/)
+	$(RUN) clean $(ARGS)

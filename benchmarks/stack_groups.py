@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from smart_product.blend import load_oof
 from smart_product.blend.stack import cross_fit, row_side
 from smart_product.config import load_config
 from smart_product.data import TARGET, load_split, read_labels
 from smart_product.folds import load_folds
 from smart_product.heads import head_names, scores
-from smart_product.report import available
+from smart_product.oof import available
+from smart_product.oof import load as load_oof
 
 
 def main():

@@ -29,7 +29,7 @@ def main():
     train = load_split(a.data, "train")
     res, has_twin = title_twins(train)
     if a.out:
-        from smart_product.blend import load_oof
+        from smart_product.oof import load as load_oof
 
         r = load_oof(a.out, "blend")
         pred = pd.Series(r["classes"][np.nan_to_num(r["oof"]).argmax(1)], index=r["train_ids"])

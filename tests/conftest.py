@@ -81,3 +81,63 @@ def permute_fold(demo_dir, copy_data):
         return copy_data(train=permuted), fold_of, rows
 
     return _permute
+
+
+def make_competition_like(out: Path, n_classes: int = 215, per_class: int = 3, singletons: int = 5, seed: int = 0):
+    """A catalogue built the way the competition's files are: parquet with integer ids, `text_fields`
+    as JSON strings (HTML description, attributes, the three dicts), no category_name, photos at
+    images/{split}/{product_id}.jpg, and what a user's folder also holds: an extra column
+    (`source`) and an extra file (sample_submission.csv). Cyrillic titles; `singletons` classes
+    have one train row and no test row."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    letters = list("абвгдежзиклмнопрстуфхцчшэюя")
+    words = ["".join(rng.choice(letters, 6)) for _ in range(n_classes)]
+    colours = rng.integers(0, 256, (n_classes, 3))
+    rows = []
+    pid = 1000
+    for c in range(n_classes):
+        n_tr = 1 if c < singletons else per_class
+        for i in range(n_tr + (0 if c < singletons else 1)):
+            pid += int(rng.integers(1, 5))
+            extra = words[int(rng.integers(n_classes))]
+            fields = {
+                "title": f"{words[c]} {extra} {i}",
+                "description": f"<p>{words[c]} <b>{extra}</b></p>",
+                "attributes": [words[c][:3]],
+                "custom_characteristics": {},
+                "defined_characteristics": {"цвет": [str(int(colours[c, 0]))]},
+                "filters": {"тип": [words[c]]},
+            }
+            rows.append(
+                {
+                    "product_id": pid,
+                    "category_id": 10_000 + c,
+                    "sale": bool(rng.random() < 0.2),
+                    "shop_id": int(rng.integers(1, 40)),
+                    "shop_title": f"shop {int(rng.integers(1, 40))}",
+                    "rating": float("nan") if rng.random() < 0.3 else float(rng.uniform(1, 5)),
+                    "text_fields": json.dumps(fields, ensure_ascii=False),
+                    "source": "scrape",  # a column the pipeline does not read
+                    "split": "test" if i == n_tr else "train",
+                }
+            )
+    df = pd.DataFrame(rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        part = df[df.split == split].drop(columns="split").reset_index(drop=True)
+        if split == "test":
+            part = part.drop(columns="category_id")
+        part.to_parquet(out / f"{split}.parquet", index=False)
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        for p, c in zip(part.product_id, df.loc[df.split == split, "category_id"]):
+            colour = tuple(int(v) for v in colours[c - 10_000])
+            Image.new("RGB", (48, 48), colour).save(out / "images" / split / f"{p}.jpg")
+    pd.DataFrame({"product_id": df.loc[df.split == "test", "product_id"], "predicted_category_id": 0}).to_parquet(
+        out / "sample_submission.parquet", index=False
+    )
+    return out

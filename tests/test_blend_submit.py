@@ -209,7 +209,7 @@ def test_every_head_keeps_its_fold_models_test_probabilities_and_the_stacker_rea
     outputs over them; a temperature is applied to each fold model's before the mean."""
     from smart_product.blend import fold_tempered_test
     from smart_product.heads.calibrate import tempered
-    from smart_product.report import load_oof
+    from smart_product.oof import load as load_oof
 
     cfg, metrics, summary = blended
     for head in metrics:

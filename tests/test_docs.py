@@ -1,5 +1,6 @@
-"""The docs a user reads: every relative link and anchor in README.md and docs/*.md resolves, and
-every `make` target the README names exists in the Makefile."""
+"""The docs a user reads: every relative link and anchor in README.md, docs/*.md and
+benchmarks/README.md resolves, every repository path they and the configs' comments name exists,
+and every `make` target the README names exists in the Makefile."""
 
 import re
 from pathlib import Path
@@ -22,7 +23,8 @@ def anchors(md: Path) -> set[str]:
 def broken_links(root: Path) -> list[str]:
     """'file: target' for each relative link (or anchor) that does not resolve."""
     bad = []
-    for md in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+    extra = [f for f in [root / "benchmarks" / "README.md"] if f.is_file()]
+    for md in [root / "README.md", *sorted((root / "docs").glob("*.md")), *extra]:
         text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
         for target in LINK.findall(text):
             if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
@@ -66,3 +68,40 @@ def test_the_link_check_fails_on_a_broken_link(tmp_path):
     ]
     (tmp_path / "README.md").write_text("`make all`, then to make one:\n\n    make blend\n")
     assert missing_make_targets(tmp_path) == ["blend"]
+
+
+TRACKED = ("src/", "configs/", "benchmarks/", "docs/", "tests/", ".ci/")
+PATHLIKE = re.compile(r"(?<![\w./-])((?:src|configs|benchmarks|docs|tests|\.ci)/[\w./-]*[\w/])")
+
+
+def dead_paths(root: Path) -> list[str]:
+    """'file: path' for each repository path (src/..., configs/..., docs/..., benchmarks/..., tests/...)
+    named in README.md, docs/*.md, benchmarks/README.md or a config's comments that does not exist.
+    Templates ({name}, *) are skipped: they name generated files."""
+    bad = []
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "configs").glob("*.yaml"))]
+    files += [f for f in [root / "benchmarks" / "README.md"] if f.is_file()]
+    for f in files:
+        text = f.read_text()
+        for m in PATHLIKE.finditer(text):
+            path = m.group(1).rstrip(".")
+            end = m.end(1)
+            if end < len(text) and text[end] in "{*<":
+                continue
+            if not (root / path).exists():
+                bad.append(f"{f.relative_to(root)}: {path}")
+    return sorted(set(bad))
+
+
+def test_every_repository_path_the_docs_and_configs_name_exists():
+    assert dead_paths(ROOT) == []
+
+
+def test_the_path_check_sees_a_dead_path(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("")
+    (tmp_path / "README.md").write_text("see `src/a.py`, src/gone.py and features/{set}/ and src/x_{name}.py\n")
+    (tmp_path / "configs" / "c.yaml").write_text("# (see src/smart_product/blend.py)\nx: 1\n")
+    assert dead_paths(tmp_path) == ["README.md: src/gone.py", "configs/c.yaml: src/smart_product/blend.py"]

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import oof as oof_files
 from .data import ID, TARGET, load_split, read_labels
 from .folds import load_folds
 from .heads import head_names, scores
 from .heads.calibrate import class_prior, logit_adjusted, tempered
-from .report import available, load_oof
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class Ablation:
 
     def __init__(self, cfg: dict):
         self.cfg, out_dir = cfg, cfg["out_dir"]
-        self.names = [n for n in available(out_dir) if n in head_names(cfg)]
-        self.runs = {n: load_oof(out_dir, n) for n in self.names}
+        self.names = oof_files.available(out_dir, head_names(cfg))
+        self.runs = {n: oof_files.load(out_dir, n) for n in self.names}
         ref = self.runs[self.names[0]]
         train = load_split(cfg["data_dir"], "train", parse_text=False)
         self.folds, self.classes = load_folds(cfg, train), ref["classes"]
@@ -175,9 +175,9 @@ def _logit_rows(ab: Ablation) -> list[dict]:
 
 def _blend_stage_row(ab: Ablation) -> list[dict]:
     name = ab.bcfg.get("name", "blend")
-    if not (Path(ab.cfg["out_dir"]) / "oof" / name / "oof.npy").is_file():
+    if not oof_files.available(ab.cfg["out_dir"], [name]):
         return []
-    b = load_oof(ab.cfg["out_dir"], name)
+    b = oof_files.load(ab.cfg["out_dir"], name)
     label = f"the blend stage's choice ({b['metrics'].get('chosen')})"
     return [ab.row(label, np.nan_to_num(b["oof"]), b["test"], ab.names, b["metrics"].get("seconds") or 0)]
 

@@ -206,11 +206,11 @@ def _test_f1(y_test, pred) -> float:
 
 def _scored(cfg: dict, names: list[str], y_test) -> list[dict]:
     """Each head's and the blend's OOF and test weighted F1, from their files."""
-    from .report import load_oof
+    from . import oof
 
     rows = []
     for name in names:
-        r = load_oof(cfg["out_dir"], name)
+        r = oof.load(cfg["out_dir"], name)
         oof_f1 = round(r["metrics"]["overall"]["weighted_f1"], 4)
         test_ = _test_f1(y_test, r["classes"][r["test"].argmax(1)])
         rows.append(

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 
-from .config import ConfigError, load_config
+from .config import DEFAULT_CONFIG, ConfigError, load_config, make_command
 from .data import DataError
 
 log = logging.getLogger("smart_product")
@@ -85,31 +85,60 @@ def _tune(cfg, args):
 
 
 def _blend(cfg, args):
+    from pathlib import Path
+
     from .blend import run_blend
     from .report import make_report
 
     run_blend(cfg)
     make_report(cfg)
+    upload = Path(cfg["out_dir"]) / "submissions" / f"{(cfg.get('blend') or {}).get('name', 'blend')}.parquet"
+    print(f"upload: {upload} (product_id, predicted_category_id: the competition's format)")
 
 
 def _score(cfg, args):
     import json
+    from pathlib import Path
 
     from .submit import score_submission
 
-    if not args.sub or not args.solution:
-        raise ConfigError("score needs --sub FILE and --solution FILE (make score SUB=... SOLUTION=...)")
-    print(json.dumps(score_submission(args.sub, args.solution), indent=2))
+    sub = args.sub or str(Path(cfg["out_dir"]) / "submissions" / f"{(cfg.get('blend') or {}).get('name', 'blend')}.csv")
+    solution = args.solution or str(Path(cfg["data_dir"]) / "solution.csv")
+    if not Path(solution).is_file():
+        raise ConfigError(
+            f"{solution}: no solution file (test labels) to score against; a competition scores the upload itself "
+            f"(`{make_command(cfg, 'validate-sub')}` checks it)"
+        )
+    print(json.dumps(score_submission(sub, solution), indent=2))
 
 
 def _validate_sub(cfg, args):
+    from pathlib import Path
+
     from .submit import check_against_data, read_submission
 
-    if not args.sub:
-        raise ConfigError("validate-sub needs --sub FILE (make validate-sub SUB=...)")
-    sub = read_submission(args.sub)
-    check_against_data(sub, cfg["data_dir"], args.sub)
-    print(f"{args.sub}: valid ({len(sub)} rows, every test id once, only train categories)")
+    name = (cfg.get("blend") or {}).get("name", "blend")
+    path = args.sub or str(Path(cfg["out_dir"]) / "submissions" / f"{name}.parquet")  # the run's upload file
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no submission there (`{make_command(cfg, 'blend')}` writes it; or SUB=file)")
+    sub = read_submission(path)
+    check_against_data(sub, cfg["data_dir"], path)
+    print(f"{path}: valid for {cfg['data_dir']} ({len(sub)} rows, every test id once, only train categories)")
+
+
+def _clean(cfg, args):
+    """The generated outputs of OUT (folds, features, oof, submissions, reports); data/ and .gitkeep stay."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(cfg["out_dir"])
+    gone = 0
+    for sub in ("folds", "features", "oof", "submissions", "reports", "bench", "resplit"):
+        for p in sorted((out / sub).glob("*")) if (out / sub).is_dir() else []:
+            if p.name != ".gitkeep":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                gone += 1
+    print(f"clean: {gone} generated files and folders removed under {out}")
 
 
 def _ablation(cfg, args):
@@ -141,7 +170,8 @@ STAGES = {
     "report": (_report, "OOF report over oof/* -> oof/report.md + plots"),
     "blend": (_blend, "Optuna-weighted blend -> oof/blend/, submissions/blend.csv + .parquet"),
     "score": (_score, "local leaderboard: score --sub FILE against --solution FILE"),
-    "validate-sub": (_validate_sub, "check a submission file against the data"),
+    "validate-sub": (_validate_sub, "check a submission file (default: the run's upload file) against the data"),
+    "clean": (_clean, "remove OUT's generated outputs (folds, features, oof, submissions, reports)"),
     "ablation": (_ablation, "each component on / off from the OOF files (no refit) -> {out}/bench/ablation.*"),
     "bench": (_bench, "whole pipeline + peer baseline on DATA; timings, RSS -> {out}/bench/results.*"),
     "bench-images": (
@@ -151,13 +181,19 @@ STAGES = {
 }
 
 
+# stages that read no head or feature settings: no config to pick (the demo's values do)
+NO_HEADS = {"demo-data", "validate", "score", "validate-sub", "clean"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="smart_product", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("stage", choices=sorted(STAGES), help="; ".join(f"{k}: {v[1]}" for k, v in STAGES.items()))
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. folds.k=10")
-    parser.add_argument("--config", help="experiment config (default configs/cpu.yaml)")
+    parser.add_argument(
+        "--config", default="auto", help="experiment config, or auto (default): picked from the data and the machine"
+    )
     parser.add_argument("--data", help="data directory in the competition layout (DATA=...)")
     parser.add_argument("--out", help="output directory (demo-data only)")
     parser.add_argument("--only", nargs="+", help="features/train: only these sets/heads")
@@ -179,7 +215,8 @@ def main(argv=None) -> int:
     )
     t0 = time.time()
     try:
-        cfg = load_config(args.config, args.overrides, args.data)
+        config = DEFAULT_CONFIG if args.config == "auto" and args.stage in NO_HEADS else args.config
+        cfg = load_config(config, args.overrides, args.data)
         STAGES[args.stage][0](cfg, args)
     except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -261,8 +261,8 @@ def _check_frame(df: pd.DataFrame, path: Path, split: str, problems: _Problems) 
                 problems.add("missing target", f"{path}: column '{col}': product_id={pid}: missing target")
             usable = False
             continue
-        if col in ("shop_title", "rating"):
-            pass  # nulls allowed (unknown brand / rating)
+        if col in ("shop_title", "rating", "text_fields"):
+            pass  # nulls allowed (unknown brand / rating; no text: counted and logged by _parse_all)
         elif df[col].isna().any():
             bad = df.loc[df[col].isna(), ID].head(3).tolist() if ID in df else []
             problems.add("null value", f"{path}: column '{col}': null values (product_id={bad}...)")
@@ -281,8 +281,11 @@ def _check_frame(df: pd.DataFrame, path: Path, split: str, problems: _Problems) 
 
 
 def _parse_all(df: pd.DataFrame, path: Path, problems: _Problems) -> pd.DataFrame:
-    rows, ok = [], True
+    rows, ok, empty = [], True, []
     for pid, raw in zip(df[ID].to_numpy(), df["text_fields"].to_numpy()):
+        if raw is None or (isinstance(raw, float) and np.isnan(raw)) or (isinstance(raw, str) and not raw.strip()):
+            empty.append(pid)  # a null or empty text_fields: a product with no text, not an error
+            raw = "{}"
         try:
             rows.append(parse_text_fields(raw))
         except json.JSONDecodeError as exc:
@@ -294,6 +297,14 @@ def _parse_all(df: pd.DataFrame, path: Path, problems: _Problems) -> pd.DataFram
         except (TypeError, ValueError) as exc:
             problems.add("text_fields bad structure", f"{path}: column 'text_fields': product_id={pid}: {exc}")
             ok = False
+    if empty:
+        log.warning(
+            "%s: column 'text_fields': %d null or empty values read as a product with no text (product_id=%s%s)",
+            path,
+            len(empty),
+            [int(p) for p in empty[:3]],
+            "..." if len(empty) > 3 else "",
+        )
     return pd.DataFrame(rows, index=df.index) if ok else pd.DataFrame()
 
 
@@ -411,6 +422,67 @@ def apply_image_status(frame: pd.DataFrame, status: pd.DataFrame, split: str) ->
             len(frame),
         )
     return frame
+
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+MIN_PHOTO_SHARE = 0.5  # below this in train or test, photos are taken as misplaced, not as absent
+
+
+def _photo_files(folder: Path, depth: int = 2, limit: int = 100_000):
+    """(count, first) of photo files under `folder`, `depth` levels down (at most `limit` counted)."""
+    n, first, stack = 0, None, [(folder, 0)]
+    while stack and n < limit:
+        d, level = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir() and level < depth:
+                stack.append((Path(e.path), level + 1))
+            elif e.is_file() and Path(e.name).suffix.lower() in PHOTO_SUFFIXES:
+                n, first = n + 1, first or e.path
+    return n, first
+
+
+def check_photos(data_dir, train: pd.DataFrame, test: pd.DataFrame, images: str = "auto") -> str:
+    """The photo check of the features stage: a one-line note of what the run reads, or a DataError.
+
+    - IMAGES=off (config `images: off`): a text-only run, by request.
+    - no DATA/images/ folder, and no other folder of DATA holds photos, or an images/ folder with no
+      photo in it (a catalogue without photos): a text-only run, said in the note.
+    - photos elsewhere (a misnamed folder), or an images/ folder that gives fewer than 50% of the train
+      or test rows a photo at images/{split}/{product_id}.jpg: stops, naming the folder, the counts and
+      the first missing path, with the two ways on (move the photos, or IMAGES=off).
+    """
+    if images == "off":
+        return "photos: off (IMAGES=off): a text-only run"
+    data_dir = Path(data_dir)
+    folder = data_dir / "images"
+    fix = "move them to images/{train,test}/{product_id}.jpg, or run text-only with IMAGES=off"
+    if not folder.is_dir():
+        for d in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+            n, first = _photo_files(d)
+            if n:
+                raise DataError(f"{folder}: missing, but {d} holds {n} photos (e.g. {first}): {fix}")
+        return f"photos: none ({folder} does not exist): a text-only run"
+    n_files, first_file = _photo_files(folder)
+    if n_files == 0:
+        return f"photos: none ({folder} holds no photo): a text-only run"
+    shares = {s: float(f["has_image"].mean()) if len(f) else 1.0 for s, f in (("train", train), ("test", test))}
+    if min(shares.values()) < MIN_PHOTO_SHARE:
+        split = min(shares, key=shares.get)
+        frame = train if split == "train" else test
+        missing = image_path(data_dir, split, frame.loc[~frame["has_image"], ID].iloc[0])
+        raise DataError(
+            f"{folder}: photos for {int(train['has_image'].sum())} of {len(train)} train rows and "
+            f"{int(test['has_image'].sum())} of {len(test)} test rows (< {MIN_PHOTO_SHARE:.0%}); the first missing is "
+            f"{missing}, and {n_files} photo files are there (e.g. {first_file}): {fix}"
+        )
+    return (
+        f"photos: {int(train['has_image'].sum())} of {len(train)} train rows, "
+        f"{int(test['has_image'].sum())} of {len(test)} test rows"
+    )
 
 
 def fingerprint(data_dir: str | Path) -> str:

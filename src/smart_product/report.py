@@ -1,4 +1,4 @@
-"""Stage `report`: the OOF F1 report over every oof/{name}/ (heads and blends). Never refits.
+"""Stage `report`: the OOF F1 report over the config's heads and its blend (oof/{name}/). Never refits.
 
 Writes oof/report.md, oof/report.json and two plots: oof/heads.png (heads side by side, per
 fold) and oof/per_class_f1.png (per-class F1 against class size). Rows that were never validated
@@ -18,33 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import oof as oof_files
+from .config import make_command
 from .data import DataError
-from .heads import scores
+from .heads import head_names, scores
 
 log = logging.getLogger(__name__)
-
-
-def load_oof(out_dir, name: str) -> dict:
-    """One oof/{name}/ folder as arrays: oof, test, classes, train_ids, test_ids, test_folds (None
-    where the folder has none) (+ metrics)."""
-    folder = Path(out_dir) / "oof" / name
-    files = ["oof", "test", "classes", "train_ids", "test_ids"]
-    missing = [f for f in files if not (folder / f"{f}.npy").is_file()]
-    if missing:
-        raise DataError(f"{folder}: missing {', '.join(f + '.npy' for f in missing)} (run `make train`)")
-    out = {f: np.load(folder / f"{f}.npy") for f in files}
-    if out["oof"].shape != (len(out["train_ids"]), len(out["classes"])):
-        raise DataError(f"{folder}/oof.npy: shape {out['oof'].shape} does not match ids x classes")
-    metrics = folder / "metrics.json"
-    out["metrics"] = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    folds = folder / "test_folds.npy"  # K x n_test x classes, each fold model's (memory-mapped)
-    out["test_folds"] = np.load(folds, mmap_mode="r") if folds.is_file() else None
-    return out
-
-
-def available(out_dir) -> list[str]:
-    root = Path(out_dir) / "oof"
-    return sorted(p.name for p in root.glob("*") if (p / "oof.npy").is_file()) if root.is_dir() else []
 
 
 def _dup_split(cfg: dict, train_ids: np.ndarray, has: np.ndarray, y: np.ndarray, runs: dict):
@@ -88,6 +67,22 @@ def _dup_split(cfg: dict, train_ids: np.ndarray, has: np.ndarray, y: np.ndarray,
     return out, lines
 
 
+def report_names(cfg: dict) -> list[str]:
+    """What the report reads: the config's heads (and their pseudo-label rounds), `blend.heads`, the blend."""
+    bcfg = cfg.get("blend") or {}
+    return list(dict.fromkeys([*head_names(cfg), *(bcfg.get("heads") or []), bcfg.get("name", "blend")]))
+
+
+def photo_line(train, data_dir, images="auto") -> str:
+    """The report's line on photos: how many train rows have one, or that the run is text-only."""
+    if images == "off":
+        return "- photos: off (IMAGES=off): a text-only run"
+    n = int(train["has_image"].sum())
+    if n == 0:
+        return f"- photos: none under {Path(data_dir) / 'images'}: a text-only run"
+    return f"- photos: {n} of {len(train)} train rows ({n / len(train):.0%})"
+
+
 def make_report(cfg: dict, names: list[str] | None = None) -> Path:
     import matplotlib
 
@@ -96,17 +91,28 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
     from sklearn.metrics import f1_score
 
     out = Path(cfg["out_dir"]) / "oof"
-    names = names or available(cfg["out_dir"])
+    names = oof_files.available(cfg["out_dir"], names or report_names(cfg))
     if not names:
-        raise DataError(f"{out}: no OOF predictions (run `make train`)")
-    runs = {n: load_oof(cfg["out_dir"], n) for n in names}
-    ref = runs[names[0]]
-    for n, r in runs.items():
-        if not (np.array_equal(r["train_ids"], ref["train_ids"]) and np.array_equal(r["classes"], ref["classes"])):
-            raise DataError(f"{out / n}: made for other data than {out / names[0]} (rerun `make train`)")
-    from .data import ID, TARGET, load_split
+        raise DataError(f"{out}: no OOF predictions of the config's heads (`{make_command(cfg, 'train')}` makes them)")
+    from .data import ID, TARGET, label_array, load_split
 
-    train = load_split(cfg["data_dir"], "train", parse_text=False).set_index(ID)
+    train = load_split(cfg["data_dir"], "train", parse_text=False)
+    test_ids = load_split(cfg["data_dir"], "test", parse_text=False)[ID].to_numpy()
+    data_classes = np.unique(label_array(train[TARGET]))
+    runs = {}
+    for n in names:  # a folder made for other data is named, with the command that remakes it, and left out
+        r = oof_files.load(cfg["out_dir"], n)
+        why = oof_files.made_for(r, train[ID].to_numpy(), test_ids, data_classes)
+        if why:
+            log.warning("%s", oof_files.stale_error(cfg, n, why, r))
+            continue
+        runs[n] = r
+    if not runs:
+        raise oof_files.stale_error(cfg, names[0], "no folder of the config's heads matches the data")
+    names = list(runs)
+    ref = runs[names[0]]
+    photos = photo_line(train, cfg["data_dir"], cfg.get("images", "auto"))
+    train = train.set_index(ID)
     y_ids = train.loc[ref["train_ids"], TARGET].to_numpy()
     classes = ref["classes"]
     y = np.searchsorted(classes, y_ids)
@@ -143,6 +149,7 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
         f"- {len(y)} train rows, {len(classes)} classes; **{never} rows never validated** "
         f"(singleton classes, and with grouped folds classes of one group; fold -1): no OOF "
         f"prediction, excluded from every score below",
+        photos,
         f"- majority-class baseline on the same rows: weighted F1 {majority['weighted_f1']:.4f}, "
         f"accuracy {majority['accuracy']:.4f}",
         "",
@@ -207,5 +214,5 @@ def make_report(cfg: dict, names: list[str] | None = None) -> Path:
             default=str,
         )
     )
-    print("\n".join(lines[: 8 + len(table)]))
+    print("\n".join(lines[: 9 + len(table)]))
     return out / "report.md"

@@ -1,6 +1,6 @@
 """The lower-layer caches. A backbone's lower layers, kept as pretrained, use no labels, so their
 outputs are computed once for every train and test row and shared by all folds; fold k trains only
-the top over them (DESIGN.md, the fold rule), which is what makes per-fold fine-tuning fit on 2 cores.
+the top over them (docs/folds.md, the fold rule), which is what makes per-fold fine-tuning fit on 2 cores.
 
 - Text (`finetune.train_layers: n`): the token states after the embeddings and the first
   layers - n transformer layers (`lower_states` -> StateRows, float16 n x T x H with the attention

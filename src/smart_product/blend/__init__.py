@@ -23,7 +23,6 @@ Where things are:
 
 from __future__ import annotations
 
-from ..report import load_oof
 from .choose import prior_correction
 from .stage import run_blend
 from .weights import combine, fold_splits, fold_tempered_test, out_of_fold, search_weights, subsample
@@ -37,5 +36,4 @@ __all__ = [
     "out_of_fold",
     "fold_tempered_test",
     "prior_correction",
-    "load_oof",
 ]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import ID, TARGET, DataError, load_data
+from .. import oof as oof_files
+from ..config import make_command
+from ..data import ID, TARGET, DataError, label_array, load_data
 from ..folds import load_folds
 from ..heads import head_names
-from ..report import available, load_oof
 from .weights import fold_splits
 
 
@@ -21,7 +22,7 @@ from .weights import fold_splits
 class BlendInputs:
     cfg: dict
     heads: list[str]
-    runs: list[dict]  # report.load_oof of each head: oof, test, test_folds, classes, ids, metrics
+    runs: list[dict]  # oof.load of each head: oof, test, test_folds, classes, ids, metrics
     frames: tuple  # (train, test) as data.load_data gives them
     y: np.ndarray  # class index of each train row, in the heads' class order
     folds: np.ndarray
@@ -50,28 +51,24 @@ class BlendInputs:
         """The heads named in `blend.heads` (default: every enabled head with files), checked to be
         made for the same data, classes and folds as each other and as DATA."""
         bcfg = cfg.get("blend") or {}
-        enabled = head_names(cfg)  # enabled heads + their pseudo-label rounds
-        heads = bcfg.get("heads") or [n for n in available(cfg["out_dir"]) if n in enabled]
+        enabled = head_names(cfg)  # enabled heads + their pseudo-label rounds: no other folder is read
+        heads = oof_files.available(cfg["out_dir"], bcfg.get("heads") or enabled)
         if not heads:
-            raise DataError(f"{Path(cfg['out_dir']) / 'oof'}: no head predictions to blend (run `make train`)")
-        runs = [load_oof(cfg["out_dir"], h) for h in heads]
+            raise DataError(
+                f"{Path(cfg['out_dir']) / 'oof'}: no predictions of the config's heads {enabled} to blend "
+                f"(`{make_command(cfg, 'train')}` makes them)"
+            )
+        runs = [oof_files.load(cfg["out_dir"], h) for h in heads]
         ref = runs[0]
-        for h, r in zip(heads, runs):
-            if not (
-                np.array_equal(r["classes"], ref["classes"])
-                and np.array_equal(r["train_ids"], ref["train_ids"])
-                and np.array_equal(r["test_ids"], ref["test_ids"])
-            ):
-                raise DataError(f"oof/{h}: made for other data than oof/{heads[0]} (rerun `make train`)")
         stacker = bcfg.get("stack", {}) is not False and len(heads) > 1
         train, test = load_data(cfg["data_dir"], parse_text=stacker)
-        if not np.array_equal(train[ID].to_numpy(), ref["train_ids"]):
-            raise DataError(f"oof/{heads[0]}: made for other data than {cfg['data_dir']} (rerun `make train`)")
+        classes = np.unique(label_array(train[TARGET]))
+        oof_files.check_data(cfg, dict(zip(heads, runs)), train[ID].to_numpy(), test[ID].to_numpy(), classes)
         y = np.searchsorted(ref["classes"], train[TARGET].to_numpy())
         folds = load_folds(cfg, train)
         has = ~np.isnan(ref["oof"]).any(1)
         for h, r in zip(heads, runs):
             if not np.array_equal(~np.isnan(r["oof"]).any(1), has):
-                raise DataError(f"oof/{h}: OOF rows differ from oof/{heads[0]} (different folds? rerun `make train`)")
+                raise oof_files.stale_error(cfg, h, f"its OOF rows differ from oof/{heads[0]}'s: other folds")
         oofs = [np.nan_to_num(r["oof"], copy=False) for r in runs]  # in place: no second n x classes copy
         return cls(cfg, heads, runs, (train, test), y, folds, has, oofs, fold_splits(folds, has))

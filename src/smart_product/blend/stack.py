@@ -17,7 +17,7 @@ all classes, instead of one weight per head x class x class:
   the row's candidates, cross-entropy, Adam (torch; CPU is enough, it is small), early-stopped on
   an inner split; `bags` nets on different inner splits averaged (`auto`: more nets on fewer rows).
 
-Fold discipline (DESIGN.md, one level up): stacker k, fit only on OOF rows of the folds != k,
+Fold discipline (docs/folds.md, the fold rule one level up): stacker k, fit only on OOF rows of the folds != k,
 predicts fold k's rows. A stacker must see at prediction time inputs of the kind it was fit on,
 or it can lose to its own best input head while its OOF says it wins:
 - the heads' probabilities: an OOF row's come from one fold model that never saw it, so the test

@@ -1,15 +1,13 @@
-"""The blend's files and its summary: oof/{name}/ (oof.npy, test.npy, classes.npy, the ids, as a
-head writes them), oof/{name}/weights.json (what was chosen and why: every procedure's held-out
+"""The blend's files and its summary: oof/{name}/ (the format src/smart_product/oof.py owns, as a
+head's), oof/{name}/weights.json (what was chosen and why: every procedure's held-out
 score, the best head, the weights or the stacker, the logit adjustment), metrics.json, the
 submission (submissions/{name}.csv and .parquet, checked against the data), and the printed lines."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-
+from .. import oof as oof_files
 from ..heads import scores
 from ..submit import write_submission
 from .choose import Choice
@@ -20,16 +18,6 @@ def write_blend(inp: BlendInputs, choice: Choice, held: dict, seconds: float) ->
     cfg, heads, y, has, classes = inp.cfg, inp.heads, inp.y, inp.has, inp.classes
     name = inp.bcfg.get("name", "blend")
     refit = scores(y[has], choice.oof[has].argmax(1))
-    out = Path(cfg["out_dir"]) / "oof" / name
-    out.mkdir(parents=True, exist_ok=True)
-    for f, arr in (
-        ("oof", choice.oof),
-        ("test", choice.test),
-        ("classes", classes),
-        ("train_ids", inp.ref["train_ids"]),
-        ("test_ids", inp.ref["test_ids"]),
-    ):
-        np.save(out / f"{f}.npy", arr)
     final, single, best_head = choice.record, choice.single, choice.best_head
     summary = {
         "heads": heads,
@@ -50,10 +38,11 @@ def write_blend(inp: BlendInputs, choice: Choice, held: dict, seconds: float) ->
     }
     k = int(cfg.get("folds", {}).get("k", 5))
     per_fold = [{"fold": f, **scores(y[inp.folds == f], choice.oof[inp.folds == f].argmax(1))} for f in range(k)]
-    (out / "weights.json").write_text(json.dumps(summary, indent=2))
-    (out / "metrics.json").write_text(
-        json.dumps({"head": name, "kind": "blend", "overall": refit, "folds": per_fold, **summary}, indent=2)
+    arrays = dict(
+        oof=choice.oof, test=choice.test, classes=classes, train_ids=inp.ref["train_ids"], test_ids=inp.ref["test_ids"]
     )
+    metrics = {"head": name, "kind": "blend", "overall": refit, "folds": per_fold, **summary}
+    oof_files.write(cfg["out_dir"], name, arrays, metrics, extra_json={"weights": summary})  # metrics.json last
     sub = write_submission(
         cfg["out_dir"], name, inp.ref["test_ids"], classes[choice.test.argmax(1)], cfg["data_dir"], inp.frames
     )
@@ -88,5 +77,5 @@ def summary_lines(inp: BlendInputs, summary: dict, sub: Path) -> list[str]:
         f"{tau['held_out_with']:.4f} with tau chosen on the other folds)"
         if "held_out_with" in tau
         else "  logit adjustment of the blend: off",
-        f"  submission: {sub}",
+        f"  submission: {sub} and {sub.with_suffix('.parquet')}",
     ]

@@ -14,7 +14,7 @@ Kinds of set (config `features.sets`, each `{name: {kind: ..., options}}`):
             attributes + dict text) or `title`.
 - fusion:   one model per fold over the photo's and the text's lower-layer caches and cheap
             dense sets and the shop, trained together (fusion.py); its class layer is a head.
-image/text sets with a `finetune:` block are per-fold (the fold rule in DESIGN.md): for fold k the
+image/text sets with a `finetune:` block are per-fold (the fold rule, docs/folds.md): for fold k the
 backbone is fine-tuned on the rows of the other folds, then embeds every train and test row ->
 features/{set}/fold{k}/train.npy, test.npy, trained_on.npy (product ids it was fit on),
 class_head.npz (the classifier trained with it: the `finetuned` head's logits) and, with

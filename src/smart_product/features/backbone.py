@@ -46,6 +46,8 @@ def absent_modality(train: pd.DataFrame, test: pd.DataFrame, opts: dict) -> str 
     """
     if opts["kind"] != "image":
         return None
+    if opts.get("images") == "off":
+        return "IMAGES=off: a text-only run"
     need = float(opts.get("min_image_share", 0.05))
     for split, frame in (("train", train), ("test", test)):
         share = float(frame["has_image"].mean()) if len(frame) else 0.0

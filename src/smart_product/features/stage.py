@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import config_hash
-from ..data import ID, DataError, apply_image_status, check_images, fingerprint, load_data
+from ..data import ID, DataError, apply_image_status, check_images, check_photos, fingerprint, load_data
 from ..memory import PeakWindow
 from .backbone import absent_modality, finetuned_embed, frozen_embed, precision_key
 from .fusion import fusion_embed, fusion_key
@@ -181,6 +181,8 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
 
 def load_for_features(cfg):
     train, test = load_data(cfg["data_dir"])
+    note = check_photos(cfg["data_dir"], train, test, cfg.get("images", "auto"))  # stops on misplaced photos
+    log.info("features: %s", note)
     train = apply_image_status(train, check_images(train), "train")
     test = apply_image_status(test, check_images(test), "test")
     return train, test

@@ -15,11 +15,8 @@ refits each of `heads` as `{head}_pl{r}`, its fold k trained on fold k's trainin
 test rows that fold k's round r-1 models (of `sources`, default `heads`) label with probability
 >= threshold. Fold k's labels never reach them: those models were fit on folds != k.
 
-Artifacts, oof/{head}/: oof.npy (n_train x n_classes float32, NaN rows = never validated),
-test.npy (n_test x n_classes), classes.npy (category ids = column order), train_ids.npy,
-test_ids.npy, metrics.json (per fold + overall), config.json (the head config it ran with),
-test_folds.npy (K x n_test x n_classes float16, each fold model's test probabilities: the blend's
-stacker scores them fold by fold, as it scored the OOF rows, and pseudo-label rounds read them).
+Artifacts: oof/{head}/, in the format src/smart_product/oof.py owns (OOF and test probabilities,
+classes, ids, each fold model's test probabilities, config.json, metrics.json last).
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import oof as oof_files
 from ..data import ID, TARGET, DataError, label_array, load_split
 from ..features import load_class_logits, load_features
 from ..folds import NEVER, load_folds
@@ -193,7 +191,7 @@ class HeadRun:
 
     @property
     def out(self) -> Path:
-        return Path(self.cfg["out_dir"]) / "oof" / self.out_name
+        return oof_files.folder(self.cfg["out_dir"], self.out_name)
 
     @property
     def k(self) -> int:
@@ -216,9 +214,7 @@ class HeadRun:
 
     def stored(self) -> dict | None:
         """The metrics of the head's last finished run, if its files are there."""
-        if (self.out / "metrics.json").is_file() and (self.out / "oof.npy").is_file():
-            return json.loads((self.out / "metrics.json").read_text())
-        return None
+        return oof_files.read_metrics(self.cfg["out_dir"], self.out_name)
 
     def load(self) -> HeadRun:
         train = load_split(self.cfg["data_dir"], "train", parse_text=False)
@@ -341,25 +337,11 @@ class HeadRun:
     def write(self, oof, test_pred, test_folds, metrics: dict) -> None:
         import shutil
 
-        out, d = self.out, self.data
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)  # written last: marks the folder finished
-        np.save(out / "oof.npy", oof)
-        np.save(out / "test.npy", test_pred)
-        np.save(out / "classes.npy", d["classes"])
-        np.save(out / "train_ids.npy", d["tr_ids"])
-        np.save(out / "test_ids.npy", d["te_ids"])
-        if test_folds is not None:
-            np.save(out / "test_folds.npy", test_folds)
-        (out / "config.json").write_text(
-            json.dumps(
-                {"head": self.hcfg, "params": self.params, "seed": self.seed, "data_dir": self.cfg["data_dir"]},
-                indent=2,
-                default=str,
-            )
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        for f in out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
+        d = self.data
+        arrays = dict(oof=oof, test=test_pred, classes=d["classes"], train_ids=d["tr_ids"], test_ids=d["te_ids"])
+        config = {"head": self.hcfg, "params": self.params, "seed": self.seed, "data_dir": self.cfg["data_dir"]}
+        oof_files.write(self.cfg["out_dir"], self.out_name, arrays, metrics, test_folds, config)
+        for f in self.out.glob("fold*"):  # assembled: the fold jobs' files are in oof.npy / test.npy now
             shutil.rmtree(f, ignore_errors=True)
 
 

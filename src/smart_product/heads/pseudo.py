@@ -6,17 +6,15 @@ test rows where the equal-weight mean of fold k's round r-1 test probabilities o
 (default: `heads`; round 0 = the heads themselves, round r-1 = their `_pl{r-1}` refits) is at
 least `threshold`, labelled with its argmax. Those fold-k models were fit on folds != k (and on
 test rows labelled by earlier fold-k models), so fold k's labels never reach fold k's OOF rows
-(DESIGN.md's fold rule, one level up); never a blend, whose weights saw every fold's labels.
+(docs/folds.md, the fold rule one level up); never a blend, whose weights saw every fold's labels.
 Test probabilities of a round are the mean of its K fold models.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import numpy as np
-
+from .. import oof as oof_files
 from ..data import DataError
 from .loop import run_head
 
@@ -46,26 +44,12 @@ def pseudo_config(cfg: dict) -> dict:
     return {"rounds": rounds, "heads": heads, "sources": sources, "threshold": threshold}
 
 
-def _source_test_probs(out_dir, source: str, fold: int | None):
-    """A source head's per-fold test probabilities, K x n_test x C (or 1 x ... for `fold`): from
-    oof/{source}/test_folds.npy, or for one fold from a FOLD=k job's oof/{source}/fold{k}/test.npy
-    (rounded to float16 as test_folds.npy stores it, so both paths pick the same rows)."""
-    folder = Path(out_dir) / "oof" / source
-    if fold is not None and (folder / f"fold{fold}" / "test.npy").is_file():
-        return np.load(folder / f"fold{fold}" / "test.npy").astype(np.float16).astype(np.float32)[None]
-    f = folder / "test_folds.npy"
-    if not f.is_file():
-        raise DataError(f"{f}: missing (pseudo-label sources keep each fold model's test probabilities)")
-    P = np.load(f, mmap_mode="r")
-    return np.asarray(P if fold is None else P[fold : fold + 1]).astype(np.float32)
-
-
 def fold_pseudo_labels(out_dir, sources: list[str], threshold: float, fold: int | None = None) -> dict:
     """{fold index: (test rows mask, labels)} from the sources' per-fold test probabilities
     (every fold, or only `fold`)."""
     mean = None
     for s in sources:
-        P = _source_test_probs(out_dir, s, fold)
+        P = oof_files.test_folds(out_dir, s, fold)
         mean = P if mean is None else mean + P
     mean /= len(sources)
     folds = range(len(mean)) if fold is None else [fold]
@@ -111,6 +95,4 @@ def run_pseudo_rounds(cfg: dict, pcfg: dict, force: bool = False, fold: int | No
 
 
 def _metrics(cfg, head):
-    import json
-
-    return json.loads((Path(cfg["out_dir"]) / "oof" / head / "metrics.json").read_text())
+    return oof_files.read_metrics(cfg["out_dir"], head)

@@ -34,9 +34,11 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
             if n_classes > limit:
                 log.warning("heads.%s: skipped, the catalogue has %d classes > its max_classes %d", n, n_classes, limit)
                 names.remove(n)
+                _drop_earlier(cfg, n)
     for n in [n for n in names if not only and _reads_only_skipped(cfg, heads[n])]:
         log.warning("heads.%s: skipped, every feature set it reads was skipped (absent modality)", n)
         names.remove(n)
+        _drop_earlier(cfg, n)
     pcfg = pseudo_config(cfg)
     skipped = [h for h in pcfg["heads"] + pcfg["sources"] if h not in names and not only]
     if pcfg["rounds"] and skipped:
@@ -46,6 +48,19 @@ def train_heads(cfg: dict, only: list[str] | None = None, force: bool = False, f
     if pcfg["rounds"] and not only:
         results.update(run_pseudo_rounds(cfg, pcfg, force=force, fold=fold))
     return results
+
+
+def _drop_earlier(cfg: dict, name: str) -> None:
+    """A skipped head's folder from an earlier run (other data or settings) would be blended and
+    reported as if this run had made it: removed, with a log line."""
+    import shutil
+
+    from .. import oof
+
+    folder = oof.folder(cfg["out_dir"], name)
+    if folder.exists():
+        shutil.rmtree(folder)
+        log.warning("%s: removed, an earlier run's files of a head this run skips", folder)
 
 
 def _reads_only_skipped(cfg: dict, hcfg: dict) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
+from .. import oof as oof_files
 from ..data import DataError
 from .loop import head_configs, run_head
 
@@ -46,7 +46,7 @@ def tune_head(cfg: dict, name: str, n_trials: int = 20, folds_to_run=None) -> di
     space = SEARCH_SPACES.get(hcfg["kind"])
     if space is None:
         raise DataError(f"no search space for head kind {hcfg['kind']!r}")
-    out = Path(cfg["out_dir"]) / "oof" / name
+    out = oof_files.folder(cfg["out_dir"], name)
     out.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=name,

@@ -1,0 +1,195 @@
+"""`CONFIG=auto` (the default of `make`): one of the shipped configs, picked from the data and the machine.
+
+What it reads: the train rows and classes, the share of train and test rows with a photo at
+images/{split}/{product_id}.jpg, the titles' script (Cyrillic or Latin, from up to 2,000 titles);
+whether CUDA is present, the cores and the memory. The rule (README, "Configs"):
+
+    CUDA, > 5,000 rows or > 200 classes     gpu-xl       the class-scalable heads, CatBoost on the GPU
+    CUDA, otherwise                         gpu-offline  both offline backbones fine-tuned per fold
+    CPU,  > 5,000 rows or > 200 classes     cpu-xl       the class-scalable heads (ozon's 91k rows, 864 classes: 21 min)
+    CPU,  photos and Cyrillic titles        cpu          the photo and text learned together (the fusion head)
+    CPU,  otherwise                         cpu-large    TF-IDF liblinear heads, frozen backbones
+
+Why the script matters on a small catalogue: the offline text encoder is English, so on Cyrillic
+titles the photo carries what it cannot, and the fusion head lifts the demo's stacker by +0.020;
+on English titles with photos (the held-out catalogue of docs/results.md, 2026-12-07) the same
+head lowered the blend's test score, and the TF-IDF heads of cpu-large are the stronger choice.
+
+The estimate of time and peak memory is linear in the rows, fitted to the runs in COSTS (2 cores
+with native bf16; a CPU without it runs the backbones in float32, measured 2.1x on the demo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CYRILLIC, LATIN = re.compile("[\u0400-\u04ff]"), re.compile("[A-Za-z]")
+SMALL_ROWS, SMALL_CLASSES, PHOTO_SHARE = 5000, 200, 0.5
+
+
+@dataclass(frozen=True)
+class Cost:
+    """seconds = s0 + s_row * train rows / 1000 + s_photo * rows with a photo (train + test) / 1000;
+    peak GiB = g0 + g_row * train rows / 1000. `backbone`: the share of the seconds that runs in
+    float32 (2.1x) on a CPU without native bf16."""
+
+    s0: float
+    s_row: float
+    s_photo: float
+    g0: float
+    g_row: float
+    backbone: str  # "rows": s_row's part; "photos": s_photo's part
+    measured: str
+
+
+COSTS = {
+    "cpu": Cost(60, 235, 0, 1.5, 0.53, "rows", "demo 2,000 rows: 530 s, 2.57 GiB (2026-12-07)"),
+    "cpu-large": Cost(0, 195, 0, 1.57, 0.108, "rows", "flipkart 843 rows: 139 s; 8,900 rows: 29 min (2026-12-03)"),
+    "cpu-xl": Cost(
+        596, 7.4, 7.4, 2.35, 0.044, "photos", "fashion 35.5k rows: 19.8 min; ozon 91k: 21.2 min (2026-12-03)"
+    ),
+    "gpu-xl": Cost(60, 3.0, 1.0, 2.35, 0.044, "none", "ozon 91k rows on one H100: ~5.5 min (2026-11-27)"),
+    "gpu-offline": Cost(540, 70, 0, 0.8, 0.15, "none", "flipkart 843 rows on one H100: ~10 min (2026-11-26)"),
+}
+FLOAT32_FACTOR = 2.1  # the demo on a 2-core AVX2 host without native bf16: 20.9 min against 9.98 (2026-12-07)
+
+
+@dataclass
+class DataStats:
+    rows: int
+    test_rows: int
+    classes: int
+    photo_share: float  # of train and test rows together
+    script: str  # "cyrillic" | "latin" | "none"
+
+    @property
+    def photos(self) -> int:
+        return round(self.photo_share * (self.rows + self.test_rows))
+
+
+@dataclass
+class Machine:
+    cuda: bool
+    cores: int
+    mem_gib: float
+    bf16: bool
+
+
+@dataclass
+class Choice:
+    name: str
+    reason: str
+    seconds: float
+    gib: float
+
+    def line(self, stats: DataStats, machine: Machine) -> str:
+        where = "one GPU" if machine.cuda else f"{machine.cores} cores"
+        warn = (
+            f"; WARNING: over this machine's {machine.mem_gib:.0f} GiB"
+            if self.gib > 0.9 * machine.mem_gib and machine.mem_gib
+            else ""
+        )
+        return (
+            f"CONFIG=auto picked configs/{self.name}.yaml ({self.reason}): "
+            f"{stats.rows:,} train rows, {stats.classes} classes, photos for {stats.photo_share:.0%} of rows, "
+            f"{stats.script} titles; {'CUDA' if machine.cuda else 'no GPU'}, {machine.cores} cores, "
+            f"{machine.mem_gib:.0f} GiB; estimate ~{self.seconds / 60:.0f} min on {where}, peak ~{self.gib:.1f} GiB"
+            f"{warn} (CONFIG=path picks another)"
+        )
+
+
+def _script(titles) -> str:
+    text = " ".join(titles)
+    cyr, lat = len(CYRILLIC.findall(text)), len(LATIN.findall(text))
+    if cyr + lat == 0:
+        return "none"
+    return "cyrillic" if cyr >= lat else "latin"
+
+
+def data_stats(data_dir) -> DataStats:
+    """Rows, classes, photo share and the titles' script of a data directory (validated as every stage does)."""
+    import pandas as pd
+
+    from .data import TARGET, load_split
+
+    train = load_split(data_dir, "train", parse_text=False)
+    test = load_split(data_dir, "test", parse_text=False)
+    raw = pd.read_parquet(Path(data_dir) / "train.parquet", columns=["text_fields"])["text_fields"]
+    sample = raw.sample(min(len(raw), 2000), random_state=0) if len(raw) else raw
+    titles = []
+    for t in sample.dropna():
+        try:
+            obj = json.loads(t)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("title"), str):
+            titles.append(obj["title"])
+    photos = int(train["has_image"].sum() + test["has_image"].sum())
+    return DataStats(
+        rows=len(train),
+        test_rows=len(test),
+        classes=int(train[TARGET].nunique()),
+        photo_share=photos / max(1, len(train) + len(test)),
+        script=_script(titles),
+    )
+
+
+def this_machine() -> Machine:
+    from .backbones.hardware import cpu_bf16_native
+
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a requirement
+        cuda = False
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem = 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return Machine(cuda=cuda, cores=cores, mem_gib=mem, bf16=cpu_bf16_native())
+
+
+def estimate(name: str, stats: DataStats, machine: Machine) -> tuple[float, float]:
+    """(seconds, peak GiB) of a shipped config on this data and machine, from COSTS."""
+    c = COSTS[name]
+    rows, photos = stats.rows / 1000, stats.photos / 1000
+    row_s, photo_s = c.s_row * rows, c.s_photo * photos
+    if not machine.cuda and not machine.bf16:  # the backbones in float32
+        row_s *= FLOAT32_FACTOR if c.backbone == "rows" else 1.0
+        photo_s *= FLOAT32_FACTOR if c.backbone == "photos" else 1.0
+    return max(60.0, c.s0 + row_s + photo_s), c.g0 + c.g_row * rows
+
+
+def choose(stats: DataStats, machine: Machine) -> Choice:
+    """The rule of this module's docstring."""
+    big = stats.rows > SMALL_ROWS or stats.classes > SMALL_CLASSES
+    size = f"over {SMALL_ROWS:,} rows or {SMALL_CLASSES} classes" if big else "a small catalogue"
+    if machine.cuda:
+        name = "gpu-xl" if big else "gpu-offline"
+        why = f"CUDA, {size}"
+    elif big:
+        name, why = "cpu-xl", f"{size}: the heads that scale with classes"
+    elif stats.photo_share >= PHOTO_SHARE and stats.script == "cyrillic":
+        name, why = "cpu", "a small catalogue with photos and Cyrillic titles: the fusion of photo and text"
+    else:
+        photo = "no photos" if stats.photo_share < PHOTO_SHARE else f"{stats.script} titles"
+        name, why = "cpu-large", f"a small catalogue with {photo}: TF-IDF heads, frozen backbones"
+    seconds, gib = estimate(name, stats, machine)
+    return Choice(name, why, seconds, gib)
+
+
+def auto_config(data_dir) -> Choice:
+    """Pick, log the one line, return the choice."""
+    stats, machine = data_stats(data_dir), this_machine()
+    choice = choose(stats, machine)
+    log.info("%s", choice.line(stats, machine))
+    return choice
