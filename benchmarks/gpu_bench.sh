@@ -38,13 +38,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 if [ "$N_IMG" -gt 0 ]; then
-  size=$($PY -c "import sys; sys.path.insert(0, 'src'); from smart_product.config import load_config
+  size=$(PYTHONPATH=src $PY -c "from smart_product.config import load_config
 print(load_config('$CONFIG', [a for a in sys.argv[1:]])['features']['sets']['image']['image_size'])" "$@")
   step throughput $PY benchmarks/image_throughput.py --data "$DATA" --n "$N_IMG" --size "$size" \
       --out "$OUT/throughput.json" 2>&1 | grep -v "it/s\]"
 fi
 
-K=$($PY -c "import sys; sys.path.insert(0, 'src'); from smart_product.config import load_config
+K=$(PYTHONPATH=src $PY -c "from smart_product.config import load_config
 print(load_config('$CONFIG', sys.argv[1:])['folds']['k'])" "$@")
 step folds $PY "${SP[@]}" folds "${ARGS[@]}" -q
 step "features shared" $PY "${SP[@]}" features "${ARGS[@]}" --fold shared -q

@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from smart_product.backbones import (  # noqa: E402
+from smart_product.backbones import (
     MapRows,
     TopBlocks,
     build_image_encoder,
@@ -41,10 +38,10 @@ from smart_product.backbones import (  # noqa: E402
     n_stages,
     train_top_blocks,
 )
-from smart_product.data import TARGET, apply_image_status, check_images, load_split  # noqa: E402
-from smart_product.heads.common import scores  # noqa: E402
-from smart_product.heads.neighbours import KnnHead  # noqa: E402
-from smart_product.images import image_cache  # noqa: E402
+from smart_product.data import TARGET, apply_image_status, check_images, load_split
+from smart_product.heads.common import scores
+from smart_product.heads.neighbours import KnnHead
+from smart_product.images import image_cache
 
 
 def parse(variant: str) -> tuple[int, int, int, str | None]:

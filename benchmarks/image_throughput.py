@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from smart_product.backbones import autocast, build_image_encoder, device, embed, use_cpu_bf16  # noqa: E402
-from smart_product.config import n_workers  # noqa: E402
-from smart_product.images import CachedBatches, CachedImageSet, decode, image_cache  # noqa: E402
+from smart_product.backbones import autocast, build_image_encoder, device, embed, use_cpu_bf16
+from smart_product.config import n_workers
+from smart_product.images import CachedBatches, CachedImageSet, decode, image_cache
 
 
 def drain(batches, dev) -> float:
