@@ -85,24 +85,22 @@ def _tune(cfg, args):
 
 
 def _blend(cfg, args):
-    from pathlib import Path
-
     from .blend import run_blend
     from .report import make_report
+    from .submit import submission_path
 
     run_blend(cfg)
     make_report(cfg)
-    upload = Path(cfg["out_dir"]) / "submissions" / f"{(cfg.get('blend') or {}).get('name', 'blend')}.parquet"
-    print(f"upload: {upload} (product_id, predicted_category_id: the competition's format)")
+    print(f"upload: {submission_path(cfg)} (product_id, predicted_category_id: the competition's format)")
 
 
 def _score(cfg, args):
     import json
     from pathlib import Path
 
-    from .submit import score_submission
+    from .submit import score_submission, submission_path
 
-    sub = args.sub or str(Path(cfg["out_dir"]) / "submissions" / f"{(cfg.get('blend') or {}).get('name', 'blend')}.csv")
+    sub = args.sub or str(submission_path(cfg, ".csv"))
     solution = args.solution or str(Path(cfg["data_dir"]) / "solution.csv")
     if not Path(solution).is_file():
         raise ConfigError(
@@ -115,10 +113,9 @@ def _score(cfg, args):
 def _validate_sub(cfg, args):
     from pathlib import Path
 
-    from .submit import check_against_data, read_submission
+    from .submit import check_against_data, read_submission, submission_path
 
-    name = (cfg.get("blend") or {}).get("name", "blend")
-    path = args.sub or str(Path(cfg["out_dir"]) / "submissions" / f"{name}.parquet")  # the run's upload file
+    path = args.sub or str(submission_path(cfg))  # the run's upload file
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no submission there (`{make_command(cfg, 'blend')}` writes it; or SUB=file)")
     sub = read_submission(path)

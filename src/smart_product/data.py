@@ -466,11 +466,11 @@ def check_photos(data_dir, train: pd.DataFrame, test: pd.DataFrame, images: str 
             if n:
                 raise DataError(f"{folder}: missing, but {d} holds {n} photos (e.g. {first}): {fix}")
         return f"photos: none ({folder} does not exist): a text-only run"
-    n_files, first_file = _photo_files(folder)
-    if n_files == 0:
-        return f"photos: none ({folder} holds no photo): a text-only run"
     shares = {s: float(f["has_image"].mean()) if len(f) else 1.0 for s, f in (("train", train), ("test", test))}
     if min(shares.values()) < MIN_PHOTO_SHARE:
+        n_files, first_file = _photo_files(folder)
+        if n_files == 0:
+            return f"photos: none ({folder} holds no photo): a text-only run"
         split = min(shares, key=shares.get)
         frame = train if split == "train" else test
         missing = image_path(data_dir, split, frame.loc[~frame["has_image"], ID].iloc[0])

@@ -56,6 +56,11 @@ def validate_submission(sub: pd.DataFrame, test_ids, train_classes, where: str =
         raise DataError("\n".join(problems))
 
 
+def submission_path(cfg: dict, suffix: str = ".parquet") -> Path:
+    """The run's submission file: OUT/submissions/{blend name}.parquet (the upload) or .csv."""
+    return Path(cfg["out_dir"]) / "submissions" / f"{(cfg.get('blend') or {}).get('name', 'blend')}{suffix}"
+
+
 def write_submission(out_dir, name: str, test_ids, pred_classes, data_dir, frames=None) -> Path:
     """Write submissions/{name}.csv and .parquet after validating against the data (`frames`: its
     (train, test) frames, when the caller has read them)."""
