@@ -52,7 +52,7 @@ class BlendInputs:
         made for the same data, classes and folds as each other and as DATA."""
         bcfg = cfg.get("blend") or {}
         enabled = head_names(cfg)  # enabled heads + their pseudo-label rounds: no other folder is read
-        heads = oof_files.available(cfg["out_dir"], bcfg.get("heads") or enabled)
+        heads = oof_files.available(cfg["out_dir"], bcfg.get("heads") or sorted(enabled))  # by name, as ever
         if not heads:
             raise DataError(
                 f"{Path(cfg['out_dir']) / 'oof'}: no predictions of the config's heads {enabled} to blend "
