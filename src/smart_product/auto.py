@@ -15,8 +15,8 @@ titles the photo carries what it cannot, and the fusion head lifts the demo's st
 on English titles with photos (the held-out catalogue of docs/results.md, 2026-12-07) the same
 head lowered the blend's test score, and the TF-IDF heads of cpu-large are the stronger choice.
 
-The estimate of time and peak memory is linear in the rows, fitted to the runs in COSTS (2 cores
-with native bf16; a CPU without it runs the backbones in float32, measured 2.1x on the demo).
+The estimate of time and peak memory follows the rows between the measured runs in COSTS (2 cores
+with native bf16; a CPU without it runs the backbones in float32: FLOAT32_FACTOR, measured on the demo).
 """
 
 from __future__ import annotations
@@ -36,29 +36,48 @@ SMALL_ROWS, SMALL_CLASSES, PHOTO_SHARE = 5000, 200, 0.5
 
 @dataclass(frozen=True)
 class Cost:
-    """seconds = s0 + s_row * train rows / 1000 + s_photo * rows with a photo (train + test) / 1000;
-    peak GiB = g0 + g_row * train rows / 1000. `backbone`: the share of the seconds that runs in
-    float32 (2.1x) on a CPU without native bf16."""
+    """A config's measured runs (`make all` from an empty folder, 2 cores with native bf16 unless
+    said): (train rows in thousands, seconds without the photos' part, peak GiB). Between two runs
+    the estimate is interpolated, beyond them extrapolated along the nearest two; one run gives a
+    line through (0 rows, 60 s, 1 GiB). Photos add `s_photo` seconds per 1,000 rows with one (train
+    and test). `float32`: the part that runs FLOAT32_FACTOR slower without native bf16 ("all" or
+    "photos")."""
 
-    s0: float
-    s_row: float
+    runs: tuple
     s_photo: float
-    g0: float
-    g_row: float
-    backbone: str  # "rows": s_row's part; "photos": s_photo's part
+    float32: str
     measured: str
 
 
-COSTS = {
-    "cpu": Cost(60, 235, 0, 1.5, 0.53, "rows", "demo 2,000 rows: 530 s, 2.57 GiB (2026-12-07)"),
-    "cpu-large": Cost(0, 195, 0, 1.57, 0.108, "rows", "flipkart 843 rows: 139 s; 8,900 rows: 29 min (2026-12-03)"),
-    "cpu-xl": Cost(
-        596, 7.4, 7.4, 2.35, 0.044, "photos", "fashion 35.5k rows: 19.8 min; ozon 91k: 21.2 min (2026-12-03)"
+COSTS = {  # docs/results.md, "CONFIG=auto on four catalogues" (2026-12-07) and the entries it names
+    "cpu": Cost(((2.0, 709, 2.52),), 0, "all", "the demo, 2,000 rows: 11.8 min, 2.52 GiB"),
+    "cpu-large": Cost(
+        ((0.843, 150, 1.67), (8.9, 1740, 2.53)),
+        0,
+        "all",
+        "flipkart, 843 rows: 2.5 min, 1.67 GiB; a fashion part, 8,900 rows: 29 min, 2.53 GiB (2026-12-03)",
     ),
-    "gpu-xl": Cost(60, 3.0, 1.0, 2.35, 0.044, "none", "ozon 91k rows on one H100: ~5.5 min (2026-11-27)"),
-    "gpu-offline": Cost(540, 70, 0, 0.8, 0.15, "none", "flipkart 843 rows on one H100: ~10 min (2026-11-26)"),
+    "cpu-xl": Cost(
+        ((0.635, 71, 1.64), (35.556, 1022, 3.96), (90.951, 1540, 6.14)),
+        7.4,
+        "photos",
+        "a 635-row fixture: 77 s, 1.64 GiB; fashion, 35,556 rows: 22.5 min, 3.96 GiB; ozon, 90,951 rows: 25.7 min, "
+        "6.14 GiB; photos: ozon with a 512 px photo a row, +13.2 min for 107k photos (2026-12-06)",
+    ),
+    "gpu-xl": Cost(((90.951, 330, 6.14),), 1.0, "all", "cpu-xl's heads on ozon on one H100: ~5.5 min (2026-11-27)"),
+    "gpu-offline": Cost(((0.843, 600, 0.92),), 0, "all", "flipkart on one H100: ~10 min, 0.92 GiB (2026-11-26)"),
 }
-FLOAT32_FACTOR = 2.1  # the demo on a 2-core AVX2 host without native bf16: 20.9 min against 9.98 (2026-12-07)
+FLOAT32_FACTOR = 2.1  # the demo held to AVX2 without bf16 against the same host's native run (2026-12-07)
+
+
+def _along(runs, x: float, at: int, origin: float) -> float:
+    """Column `at` of `runs` at x thousand rows: piecewise linear, extrapolated along the nearest two."""
+    pts = sorted((r[0], r[at]) for r in runs)
+    if len(pts) == 1:
+        pts = [(0.0, origin), pts[0]]
+    i = min(max(1, sum(px <= x for px, _ in pts)), len(pts) - 1)
+    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 @dataclass
@@ -159,14 +178,14 @@ def this_machine() -> Machine:
 
 
 def estimate(name: str, stats: DataStats, machine: Machine) -> tuple[float, float]:
-    """(seconds, peak GiB) of a shipped config on this data and machine, from COSTS."""
+    """(seconds, peak GiB) of a shipped config on this data and machine, from its measured runs (COSTS)."""
     c = COSTS[name]
-    rows, photos = stats.rows / 1000, stats.photos / 1000
-    row_s, photo_s = c.s_row * rows, c.s_photo * photos
+    rows = stats.rows / 1000
+    text_s, photo_s = _along(c.runs, rows, 1, 60.0), c.s_photo * stats.photos / 1000
     if not machine.cuda and not machine.bf16:  # the backbones in float32
-        row_s *= FLOAT32_FACTOR if c.backbone == "rows" else 1.0
-        photo_s *= FLOAT32_FACTOR if c.backbone == "photos" else 1.0
-    return max(60.0, c.s0 + row_s + photo_s), c.g0 + c.g_row * rows
+        text_s *= FLOAT32_FACTOR if c.float32 == "all" else 1.0
+        photo_s *= FLOAT32_FACTOR
+    return max(60.0, text_s + photo_s), max(1.0, _along(c.runs, rows, 2, 1.0))
 
 
 def choose(stats: DataStats, machine: Machine) -> Choice:
