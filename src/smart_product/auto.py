@@ -67,7 +67,7 @@ COSTS = {  # docs/results.md, "CONFIG=auto on four catalogues" (2026-12-07) and 
     "gpu-xl": Cost(((90.951, 330, 6.14),), 1.0, "all", "cpu-xl's heads on ozon on one H100: ~5.5 min (2026-11-27)"),
     "gpu-offline": Cost(((0.843, 600, 0.92),), 0, "all", "flipkart on one H100: ~10 min, 0.92 GiB (2026-11-26)"),
 }
-FLOAT32_FACTOR = 2.1  # the demo held to AVX2 without bf16 against the same host's native run (2026-12-07)
+FLOAT32_FACTOR = 1.47  # the demo held to AVX2 without bf16: 1,041 s against 709 s on the same host (2026-12-07)
 
 
 def _along(runs, x: float, at: int, origin: float) -> float:
