@@ -33,7 +33,10 @@ blend: {procedures: [best_single], stack: false, trials: 5}
 
 
 def _make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src")}  # the fresh folder's package, not this checkout's
+    # the fresh folder's package, not this checkout's; and a user's shell, not a recursive make's
+    # (under `make test` MAKELEVEL would add make's "Leaving directory" lines to the output)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+    env["PYTHONPATH"] = str(cwd / "src")
     return subprocess.run(
         ["make", f"PY={sys.executable}", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
     )
