@@ -16,7 +16,10 @@ A variant is `base` (the config's fusion set as it is) or comma-joined changes t
 Where both `branches=photo` and `branches=text` ran, the table adds the fixed mean of their
 probabilities. Per variant: the weighted F1 of its classifier over the folds' rows, the seconds of
 its training and embedding (features/{v}/fold{k}/meta.json), the seconds of its features call (with
-any cache it was the first to need) and the new caches' disk. Writes OUT/fusion_choices.md, .json.
+any cache it was the first to need) and the new caches' disk. Where DATA has a solution.csv (a
+resplit's pseudo-test, benchmarks/resplit.py), each fold model's test probabilities are scored too:
+the mean over the folds of their test weighted F1, and the gap, OOF - test (does a choice make the
+fusion head's OOF outrun its unseen score?). Writes OUT/fusion_choices.md, .json.
 Scores on a part of a catalogue rank the choices; they are not the catalogue's figures.
 """
 
@@ -126,6 +129,14 @@ def main() -> None:
     classes, y = np.unique(label_array(train[TARGET]), return_inverse=True)
     fold_of = load_folds(cfg, train)
     rows = np.concatenate([np.flatnonzero(fold_of == k) for k in args.folds])
+    solution = Path(cfg["data_dir"]) / "solution.csv"
+    y_test = None
+    if solution.is_file():
+        from smart_product.data import read_labels
+
+        test_ids = load_split(cfg["data_dir"], "test", parse_text=False)["product_id"].to_numpy()
+        sol = read_labels(solution, classes).set_index("product_id")["category_id"]
+        y_test = np.searchsorted(classes, sol.reindex(test_ids).to_numpy())
     make_features(cfg, only=list(base.get("dense") or []))  # the dense sets, before any variant's clock
     results, probs = {}, {}
     for v, s in names.items():
@@ -148,6 +159,20 @@ def main() -> None:
             "new_cache_mb": round(cache / 1e6, 1),
             "branches": metas[0]["fusion"]["branches"],
         }
+        if y_test is not None:
+            from smart_product.oof import test_folds
+
+            fold_f1 = [
+                scores(
+                    y[fold_of == k],
+                    np.load(out / "oof" / f"{s}_cls" / f"fold{k}" / "oof_rows.npy").argmax(1),
+                )["weighted_f1"]
+                for k in args.folds
+            ]
+            test_f1 = [scores(y_test, test_folds(out, f"{s}_cls", k)[0].argmax(1))["weighted_f1"] for k in args.folds]
+            results[v].update(
+                test_f1=round(float(np.mean(test_f1)), 4), gap=round(float(np.mean(fold_f1) - np.mean(test_f1)), 4)
+            )
         print(v, results[v], flush=True)
     if "branches=photo" in probs and "branches=text" in probs:
         P = (probs["branches=photo"] + probs["branches=text"]) / 2
@@ -160,13 +185,15 @@ def main() -> None:
         f"scored out of fold on folds {args.folds} ({len(rows)} rows)"
         + (f"; base over {len(seeds)} seeds: sd {np.std(seeds, ddof=1):.4f}" if len(seeds) > 1 else ""),
         "",
-        "| variant | branches | weighted F1 | train s | embed s | features call s | new caches MB |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | branches | weighted F1 | test (fold models) | OOF - test | train s | embed s | features call s "
+        "| new caches MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v, r in results.items():
         lines.append(
-            f"| {v} | {'+'.join(r.get('branches', [])) or '-'} | {r['weighted_f1']:.4f} | {r.get('train_s', '-')} "
-            f"| {r.get('embed_s', '-')} | {r.get('call_s', '-')} | {r.get('new_cache_mb', '-')} |"
+            f"| {v} | {'+'.join(r.get('branches', [])) or '-'} | {r['weighted_f1']:.4f} | {r.get('test_f1', '-')} "
+            f"| {r.get('gap', '-')} | {r.get('train_s', '-')} | {r.get('embed_s', '-')} | {r.get('call_s', '-')} "
+            f"| {r.get('new_cache_mb', '-')} |"
         )
     table = "\n".join(lines)
     print(table)

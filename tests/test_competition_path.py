@@ -131,7 +131,8 @@ def test_auto_picks_from_the_data_and_the_machine(demo_dir, tmp_path):
     assert auto.choose(_stats(script="latin"), CPU).name == "cpu-large"  # flipkart's shape
     assert auto.choose(_stats(rows=91_000, classes=864, photo_share=0), CPU).name == "cpu-xl"  # ozon's
     # CUDA present
-    assert auto.choose(demo, GPU).name == "gpu-offline" and auto.choose(catalogue, GPU).name == "gpu-xl"
+    assert auto.choose(demo, GPU).name == "gpu-offline-fusion" and auto.choose(catalogue, GPU).name == "gpu-xl"
+    assert auto.choose(_stats(script="latin"), GPU).name == "gpu-offline"  # no fusion head for English titles
     # the estimate: along the measured runs; float32 backbones where bf16 is not native
     ozon = auto.choose(_stats(rows=90_951, test_rows=16_049, classes=864, photo_share=0), CPU)
     assert 24 * 60 < ozon.seconds < 27 * 60 and 6.0 < ozon.gib < 6.3  # measured: 25.7 min, 6.14 GiB
@@ -150,7 +151,7 @@ def test_auto_through_load_config_logs_one_line_and_mocked_cuda_changes_it(demo_
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert load_config("auto", [], str(demo_dir))["name"] == "gpu-offline"
+    assert load_config("auto", [], str(demo_dir))["name"] == "gpu-offline-fusion"
 
 
 def test_a_catalogues_outputs_default_apart_from_the_demos(demo_dir, tmp_path):

@@ -360,3 +360,102 @@ def test_group_evidence_of_a_test_row_is_counted_like_a_training_rows(monkeypatc
     assert abs(n_pred / n_fit - 1) < 0.05, (n_fit, n_pred)
     all_folds = real(st.group_priors[0], shop[folds == 0], np.zeros(((folds == 0).sum(), 10), np.int64))[1]
     assert np.expm1(all_folds[:, 0]).mean() / n_fit > 1.25  # all training rows: a third more
+
+
+def test_shift_estimate_sees_a_model_less_sure_on_the_test_rows_without_their_labels():
+    """The blend's shift guard (blend/shift.py): a fold model as sure on the test rows as on its OOF
+    rows is estimated near no gap; one whose test rows carry less signal (less sure, and in truth
+    less often right) is estimated to lose accuracy there, at least half what it truly loses; no test label
+    is read."""
+    from smart_product.blend.shift import fold_shift
+
+    rng = np.random.default_rng(0)
+    n, m, c = 3000, 2000, 20
+
+    def rows(k, signal):
+        y = rng.integers(0, c, k)
+        z = rng.normal(0, 1.5, (k, c))
+        z[np.arange(k), y] += signal
+        e = np.exp(z - z.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True)).astype(np.float32), y
+
+    oof, y = rows(n, 3.0)
+    folds, has = np.arange(n) % 5, np.ones(n, bool)
+    same = [rows(m, 3.0) for _ in range(5)]
+    noisy = [rows(m, 2.0) for _ in range(5)]
+    est_same = fold_shift(oof, y, folds, has, [P for P, _ in same])
+    est_noisy = fold_shift(oof, y, folds, has, [P for P, _ in noisy])
+    true_noisy = est_noisy["oof_acc"] - np.mean([(P.argmax(1) == t).mean() for P, t in noisy])
+    assert abs(est_same["gap"]) < 0.02
+    assert true_noisy > 0.1 and 0.5 * true_noisy < est_noisy["gap"] < true_noisy + 0.03  # ATC errs low
+    assert len(est_noisy["folds"]) == 5
+
+
+def _guard_inputs(shifted: bool, n=1500, n_test=1500, c=20, k=5, seed=0):
+    """BlendInputs of three heads over synthetic rows: `lead` is the best out of fold; with
+    `shifted` its fold models carry no signal on the test rows (as a head whose OOF outruns
+    its unseen score), while the other two read the test rows as they read their OOF rows."""
+    from smart_product.blend.inputs import BlendInputs
+    from smart_product.blend.weights import fold_splits
+
+    rng = np.random.default_rng(seed)
+    y_all = rng.integers(0, c, n + n_test)
+
+    def view(rows, signal, base=None):
+        z = rng.normal(0, 1.5, (len(rows), c)) if base is None else base + rng.normal(0, 0.4, base.shape)
+        z[np.arange(len(rows)), y_all[rows]] += signal
+        e = np.exp(z - z.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+    train, test = np.arange(n), np.arange(n, n + n_test)
+    heads, oofs, runs = ["lead", "other_a", "other_b"], [], []
+    for h, signal in zip(heads, (4.0, 2.5, 2.5)):
+        oofs.append(view(train, signal))
+        t_signal = 0.0 if (shifted and h == "lead") else signal
+        base = rng.normal(0, 1.45, (n_test, c))  # the fold models err alike on a row
+        tf = np.stack([view(test, t_signal, base) for _ in range(k)])
+        runs.append({"test": tf.mean(0), "test_folds": tf, "metrics": {}, "classes": np.arange(c)})
+    folds = rng.integers(0, k, n)
+    has = np.ones(n, bool)
+    frames = tuple(
+        pd.DataFrame({"has_image": np.ones(m), "title": ["t"] * m, "description": ["d"] * m}) for m in (n, n_test)
+    )
+    cfg = {
+        "seed": 0,
+        "blend": {
+            "procedures": ["best_single", "stack"],
+            "stack": {"hidden": 8, "max_steps": 300, "bags": 1},
+            "shift_guard": True,
+        },
+    }
+    inp = BlendInputs(cfg, heads, runs, frames, y_all[:n], folds, has, oofs, fold_splits(folds, has))
+    return inp, y_all[n:]
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+def test_shift_guard_drops_the_leading_head_only_when_its_test_rows_are_shifted(shifted):
+    """The blend's shift guard: the stacker over all heads wins out of fold either way (the lead
+    head is the best there); when the lead head's fold models lose their signal on the test rows,
+    the guard's estimate (no test label read) ranks the stacker without it first, and that choice
+    scores higher on the test rows than the stacker with it; without the shift the stacker with
+    every head stays the choice."""
+    from smart_product.blend.choose import choose
+    from smart_product.blend.procedures import procedures
+    from smart_product.heads import scores
+
+    inp, y_test = _guard_inputs(shifted)
+    assert (inp.head_shifts["lead"]["gap"] > 0.2) is shifted  # the lead head's estimated drop
+    table = procedures(inp)
+    assert set(table) - {"stack_without_lead"} == {"best_single", "stack"}
+    assert not shifted or "stack_without_lead" in table
+    held = {name: scores(inp.y, proc.held_out()) for name, proc in table.items()}
+    assert not shifted or held["stack"]["weighted_f1"] > held["stack_without_lead"]["weighted_f1"]
+    choice = choose(table, held, inp)
+    assert choice.guard["stack"]["estimated_gap"] is not None
+    if shifted:
+        assert choice.name == "stack_without_lead"
+        with_lead = table["stack"].refit()[1]
+        assert (choice.test.argmax(1) == y_test).mean() > (with_lead.argmax(1) == y_test).mean() + 0.05
+    else:
+        assert choice.name == "stack"
+        assert abs(choice.guard["stack"]["estimated_gap"]) < 0.03

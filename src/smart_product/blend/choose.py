@@ -3,7 +3,10 @@
 - The choice rule (`choose`): the procedures in order of held-out weighted F1; the first whose
   refit on all folds (for the stacker: its cross-fit OOF) is also no worse than the best single
   head on OOF is chosen (`best_single` always is): a blend must win both ways, so one that only
-  fits OOF noise is not used.
+  fits OOF noise is not used. With `blend.shift_guard: true` (default off) the order, and the
+  bar of the best head, are held-out weighted F1 less each one's estimated OOF - test accuracy
+  drop where positive (shift.py: no test label read), so a head that OOF flatters does not steer
+  the choice.
 - The logit adjustment (`prior_correction`): P / prior^tau of the chosen blend (the long-tail
   option at the blend level), with each fold's prior from the other folds' rows (`fold_priors`,
   `fold_adjusted`); tau is chosen out of fold like a procedure and applied only if that held-out
@@ -37,18 +40,51 @@ class Choice:
     best_head: str
     equal: dict  # the equal-weight mean's OOF scores
     tau: dict | None = None  # the logit adjustment (adjust)
+    guard: dict | None = None  # the shift guard's table: held out, estimated gap, estimated test
+
+
+def estimated_gap(record: dict) -> float | None:
+    """A refit procedure's label-free estimate of its OOF - test accuracy (shift.py), or None."""
+    sh = (record.get("stacker") or {}).get("shift") or record.get("shift")
+    return None if sh is None else float(sh["gap"])
+
+
+def guarded_order(procedures: dict, held: dict, made: dict) -> tuple[list[str], dict]:
+    """The shift guard's order: by held-out weighted F1 less each procedure's estimated OOF - test
+    accuracy drop where it is positive (shift.py: its fold models' confidence on the test rows
+    against their OOF rows). Refits every procedure into `made`; returns (order, the table)."""
+    table = {}
+    for name in held:
+        made[name] = procedures[name].refit()
+        gap = estimated_gap(made[name][2])
+        table[name] = {
+            "held_out": round(held[name]["weighted_f1"], 4),
+            "estimated_gap": None if gap is None else round(gap, 4),
+            "estimated_test": round(held[name]["weighted_f1"] - max(gap or 0.0, 0.0), 4),
+        }
+    return sorted(held, key=lambda k: -table[k]["estimated_test"]), table
 
 
 def choose(procedures: dict, held: dict, inp: BlendInputs) -> Choice:
     """The choice rule (module doc) over the procedures' held-out scores `held`."""
+    from .procedures import guard_on
+
     y, has = inp.y, inp.has
     single = {h: scores(y[has], p[has].argmax(1)) for h, p in zip(inp.heads, inp.oofs)}
     best_head = max(single, key=lambda h: single[h]["weighted_f1"])
     equal = scores(y[has], combine([p[has] for p in inp.oofs], [1.0] * len(inp.heads)).argmax(1))
-    for name in sorted(held, key=lambda k: -held[k]["weighted_f1"]):
-        oof, test, record = procedures[name].refit()
+    made, guard = {}, None
+    order = sorted(held, key=lambda k: -held[k]["weighted_f1"])
+    if guard_on(inp):
+        order, guard = guarded_order(procedures, held, made)
+    bar = single[best_head]["weighted_f1"]
+    if guard is not None:  # the best head, too, judged by its estimate on the test rows
+        bar -= max(inp.head_shifts.get(best_head, {}).get("gap", 0.0), 0.0)
+    for name in order:
+        oof, test, record = made[name] if name in made else procedures[name].refit()
         refit_f1 = scores(y[has], oof[has].argmax(1))
-        if refit_f1["weighted_f1"] >= single[best_head]["weighted_f1"] or name == "best_single":
+        gap = max(estimated_gap(record) or 0.0, 0.0) if guard is not None else 0.0
+        if refit_f1["weighted_f1"] - gap >= bar or name == "best_single":
             break
         log.info(
             "blend: %s wins held out but its refit (%.4f) is below the best single head (%.4f); next",
@@ -56,7 +92,7 @@ def choose(procedures: dict, held: dict, inp: BlendInputs) -> Choice:
             refit_f1["weighted_f1"],
             single[best_head]["weighted_f1"],
         )
-    return Choice(name, oof, test, record, single, best_head, equal)
+    return Choice(name, oof, test, record, single, best_head, equal, guard=guard)
 
 
 def adjust(choice: Choice, inp: BlendInputs) -> Choice:

@@ -6,6 +6,7 @@ needs it, is on), with the labels, the folds, the rows that have an OOF predicti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,13 @@ class BlendInputs:
     @property
     def classes(self) -> np.ndarray:
         return self.ref["classes"]
+
+    @cached_property
+    def head_shifts(self) -> dict:
+        """{head: its estimated OOF - test accuracy drop and agreement with the others} (shift.py)."""
+        from .shift import head_shifts
+
+        return head_shifts(self.heads, self.oofs, self.runs, self.y, self.folds, self.has)
 
     @property
     def seed(self) -> int:

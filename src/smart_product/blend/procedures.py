@@ -42,9 +42,25 @@ def weighted(inp: BlendInputs, choose) -> Procedure:
     def refit():
         w = choose(inp.has)
         tests = [fold_tempered_test(r, t) for r, t in zip(inp.runs, w["temperatures"])]  # tempered as the OOF rows
-        return combine(inp.oofs, w["weights"], w["temperatures"]), combine(tests, w["weights"]), w
+        oof = combine(inp.oofs, w["weights"], w["temperatures"])
+        return oof, combine(tests, w["weights"]), {**w, "shift": weighted_shift(inp, oof, w)}
 
     return Procedure(lambda: out_of_fold(choose, inp.oofs, inp.splits), refit)
+
+
+def weighted_shift(inp: BlendInputs, oof: np.ndarray, w: dict) -> dict | None:
+    """The weighted blend's fold models (fold k's: the weights over the heads' fold k models) on
+    their OOF rows against the test rows, estimated without test labels (shift.py)."""
+    from .stack import fold_model_shift, shift_summary
+
+    if any(r.get("test_folds") is None for r in inp.runs):
+        return None
+    per = []
+    for i, (_, rows) in enumerate(inp.splits):
+        tests = [np.asarray(r["test_folds"][i], np.float32) for r in inp.runs]
+        P_test = combine(tests, w["weights"], w["temperatures"])
+        per.append(fold_model_shift(oof[rows], inp.y[rows], P_test))
+    return shift_summary(per)
 
 
 def optuna(inp: BlendInputs, metric: str, temperature: bool):
@@ -67,20 +83,21 @@ def best_single(inp: BlendInputs):
     return choose
 
 
-def stacking(inp: BlendInputs, params: dict, side: tuple) -> Procedure:
+def stacking(inp: BlendInputs, params: dict, side: tuple, keep: list[int] | None = None) -> Procedure:
     """A stacker procedure: held out = its cross-fit OOF (fold k's rows from stacker k, fit on the
     other folds), kept as the refit's OOF; test rows from each stacker k over fold k's models' test
     probabilities (the heads' test_folds), averaged. side: stack.row_side's (extra, extra_test,
-    groups, groups_test); groups None = none."""
+    groups, groups_test); groups None = none. keep: the heads it reads (indices; default all)."""
     from .stack import cross_fit
 
     extra, extra_test, groups, groups_test = side
+    keep = list(range(len(inp.heads))) if keep is None else keep
     made = {}
 
     def held_out():
         made["oof"], made["test"], made["info"] = cross_fit(
-            inp.oofs,
-            [r["test_folds"] for r in inp.runs],
+            [inp.oofs[i] for i in keep],
+            [inp.runs[i]["test_folds"] for i in keep],
             inp.y,
             inp.folds,
             inp.has,
@@ -94,7 +111,8 @@ def stacking(inp: BlendInputs, params: dict, side: tuple) -> Procedure:
         return made["oof"].argmax(1)  # NaN rows (never validated) are not scored
 
     def refit():
-        return np.nan_to_num(made["oof"]), made["test"], {"stacker": {"params": params, **made["info"]}}
+        heads = [inp.heads[i] for i in keep]
+        return np.nan_to_num(made["oof"]), made["test"], {"stacker": {"params": params, "heads": heads, **made["info"]}}
 
     return Procedure(held_out, refit)
 
@@ -125,4 +143,35 @@ def procedures(inp: BlendInputs) -> dict[str, Procedure]:
             table["stack_groups"] = stacking(inp, params, side)
     if inp.bcfg.get("procedures"):
         table = {k: v for k, v in table.items() if k in inp.bcfg["procedures"]}
+    lead = leading_head(inp)
+    if lead is not None:  # the shift guard's candidate: each stacker without the head it would lean on
+        for name in [k for k in table if k.startswith("stack")]:
+            p = {**params, "groups": []} if name == "stack" else params
+            keep = [i for i in range(len(inp.heads)) if i != lead]
+            table[f"{name}_without_{inp.heads[lead]}"] = stacking(
+                inp, p, side if name != "stack" else (*side[:2], None, None), keep
+            )
     return table
+
+
+def leading_head(inp: BlendInputs) -> int | None:
+    """With `blend.shift_guard` on and 3+ heads: the head with the best OOF weighted F1 (the one a
+    stacker trusts most, whose OOF, if it outruns its unseen score, steers the blend), when its
+    estimated OOF - test accuracy drop (shift.py, no test label read) is above the other heads'
+    median: a head that looks more shifted than the rest. Else None (no extra stacker)."""
+    if not guard_on(inp) or len(inp.heads) < 3 or inp.bcfg.get("stack", {}) is False:
+        return None
+    f1 = [scores(inp.y[inp.has], p[inp.has].argmax(1))["weighted_f1"] for p in inp.oofs]
+    lead = int(np.argmax(f1))
+    gaps = {h: v["gap"] for h, v in inp.head_shifts.items()}
+    others = [g for h, g in gaps.items() if h != inp.heads[lead]]
+    if inp.heads[lead] not in gaps or not others or gaps[inp.heads[lead]] <= float(np.median(others)):
+        return None
+    return lead
+
+
+def guard_on(inp: BlendInputs) -> bool:
+    g = inp.bcfg.get("shift_guard", False)
+    if not isinstance(g, bool):
+        raise DataError(f"config blend.shift_guard: true or false, not {g!r}")
+    return g

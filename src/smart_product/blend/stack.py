@@ -380,7 +380,8 @@ def cross_fit(
         t0, fit_rows, val_rows = time.time(), has & (folds != k), has & (folds == k)
         st = make_stacker(params).fit(probs, y, n_classes, extra, rows=fit_rows, groups=groups, folds=folds)
         oof[val_rows] = st.predict_proba(probs, extra, rows=val_rows, groups=groups)
-        test += st.predict_proba(fold_test_probs(test_probs, i), extra_test, groups=groups_test) / len(ks)
+        test_k = st.predict_proba(fold_test_probs(test_probs, i), extra_test, groups=groups_test)
+        test += test_k / len(ks)
         recall.append(st.recall)
         info.append(
             {
@@ -388,6 +389,7 @@ def cross_fit(
                 "candidate_recall": round(st.recall, 4),
                 "nets": len(st.nets),
                 "seconds": round(time.time() - t0, 2),
+                **fold_model_shift(oof[val_rows], y[val_rows], test_k),
             }
         )
     seconds = round(time.time() - t_all, 1)
@@ -404,11 +406,27 @@ def cross_fit(
         test,
         {
             "folds": info,
+            "shift": shift_summary(info),
             "candidate_recall": round(float(np.mean(recall)), 4),
             "seconds": seconds,
             "test_from": "each fold's stacker over its fold models' test probabilities, averaged",
         },
     )
+
+
+def fold_model_shift(P_oof: np.ndarray, y: np.ndarray, P_test: np.ndarray) -> dict:
+    """One fold model's OOF accuracy and its label-free estimate on the test rows (shift.py)."""
+    from .shift import atc_threshold, confidence, share_above
+
+    correct = P_oof.argmax(1) == y
+    t, w = atc_threshold(confidence(P_oof), correct)
+    return {"oof_acc": round(float(correct.mean()), 4), "test_acc_est": round(share_above(confidence(P_test), t, w), 4)}
+
+
+def shift_summary(per_fold: list[dict]) -> dict:
+    oof_acc = float(np.mean([f["oof_acc"] for f in per_fold]))
+    est = float(np.mean([f["test_acc_est"] for f in per_fold]))
+    return {"oof_acc": round(oof_acc, 4), "test_acc_est": round(est, 4), "gap": round(oof_acc - est, 4)}
 
 
 def row_side(cfg: dict, groups=(), frames=None) -> tuple:

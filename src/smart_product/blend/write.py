@@ -33,6 +33,8 @@ def write_blend(inp: BlendInputs, choice: Choice, held: dict, seconds: float) ->
         "best_single_head": {"name": best_head, **single[best_head]},
         "equal_weight_mean": choice.equal,
         "single_heads": single,
+        "shift_guard": choice.guard,
+        "shift": inp.head_shifts,
         "never_validated_rows": int((~has).sum()),
         "seconds": round(seconds, 2),
     }
@@ -67,9 +69,20 @@ def summary_lines(inp: BlendInputs, summary: dict, sub: Path) -> list[str]:
         "  held out (fold k's rows scored by each procedure's choice on the other folds): "
         + ", ".join(f"{k} {v['weighted_f1']:.4f}" for k, v in held.items())
         + f" -> {chosen}",
+        *(
+            [
+                "  shift guard (held out less the estimated OOF - test accuracy drop, without test labels): "
+                + ", ".join(
+                    f"{k} {v['estimated_test']:.4f}" + (f" ({v['estimated_gap']:+.4f})" if v["estimated_gap"] else "")
+                    for k, v in summary["shift_guard"].items()
+                )
+            ]
+            if summary.get("shift_guard")
+            else []
+        ),
         f"  blend ({chosen}), refit on all folds {summary['oof_refit']['weighted_f1']:.4f}   "
         + (
-            "stacker over " + ", ".join(heads)
+            "stacker over " + ", ".join((summary.get("stacker") or {}).get("heads") or heads)
             if chosen.startswith("stack")
             else "weights " + ", ".join(f"{h}={w:.2f}" for h, w in summary["weights"].items())
         ),
