@@ -56,7 +56,7 @@ def _own_size(data: Path) -> int:
 
 def variant_sets(name: str, base: dict, sets: dict, data: Path) -> tuple[dict, dict]:
     """(the variant's fusion options, the extra backbone sets it lends from) for variant `name`."""
-    opts, extra = dict(base), {}
+    opts, extra = dict(base, enabled=True), {}  # measured even where the config leaves the set off
     if name == "base":
         return opts, extra
     for change in name.split(","):
