@@ -51,7 +51,7 @@ def weighted(inp: BlendInputs, choose) -> Procedure:
 def weighted_shift(inp: BlendInputs, oof: np.ndarray, w: dict) -> dict | None:
     """The weighted blend's fold models (fold k's: the weights over the heads' fold k models) on
     their OOF rows against the test rows, estimated without test labels (shift.py)."""
-    from .stack import fold_model_shift, shift_summary
+    from .shift import fold_model_shift, shift_summary
 
     if any(r.get("test_folds") is None for r in inp.runs):
         return None

@@ -39,6 +39,21 @@ def share_above(conf: np.ndarray, t: float, w: float) -> float:
     return float(np.mean(conf > t) + w * np.mean(conf == t)) if len(conf) else 0.0
 
 
+def fold_model_shift(P_oof: np.ndarray, y: np.ndarray, P_test: np.ndarray) -> dict:
+    """One fold model: its accuracy on its OOF rows and its estimated accuracy on the test rows."""
+    correct = P_oof.argmax(1) == y
+    t, w = atc_threshold(confidence(P_oof), correct)
+    est = share_above(confidence(np.asarray(P_test, np.float32)), t, w)
+    return {"oof_acc": round(float(correct.mean()), 4), "test_acc_est": round(est, 4)}
+
+
+def shift_summary(per_fold: list[dict]) -> dict:
+    """The fold models' mean OOF accuracy, mean estimated test accuracy and their difference (gap)."""
+    oof_acc = float(np.mean([f["oof_acc"] for f in per_fold]))
+    est = float(np.mean([f["test_acc_est"] for f in per_fold]))
+    return {"oof_acc": round(oof_acc, 4), "test_acc_est": round(est, 4), "gap": round(oof_acc - est, 4)}
+
+
 def fold_shift(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, has: np.ndarray, test_folds) -> dict:
     """Estimated OOF - test accuracy of one model's fold models (module doc). test_folds: fold model
     i's test probabilities for the i-th of the sorted validated folds (a K x n_test x C array or a
@@ -47,14 +62,8 @@ def fold_shift(oof: np.ndarray, y: np.ndarray, folds: np.ndarray, has: np.ndarra
     per = []
     for i, k in enumerate(ks):
         rows = has & (folds == k)
-        P = oof[rows]
-        correct = P.argmax(1) == y[rows]
-        t, w = atc_threshold(confidence(P), correct)
-        est = share_above(confidence(np.asarray(test_folds[i], np.float32)), t, w)
-        per.append({"fold": int(k), "oof_acc": float(correct.mean()), "test_acc_est": est})
-    oof_acc = float(np.mean([p["oof_acc"] for p in per]))
-    test_est = float(np.mean([p["test_acc_est"] for p in per]))
-    return {"oof_acc": oof_acc, "test_acc_est": test_est, "gap": oof_acc - test_est, "folds": per}
+        per.append({"fold": int(k), **fold_model_shift(oof[rows], y[rows], test_folds[i])})
+    return {**shift_summary(per), "folds": per}
 
 
 def agreement_shift(oofs: list, tests: list, folds: np.ndarray, has: np.ndarray) -> list[dict]:

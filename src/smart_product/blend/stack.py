@@ -363,6 +363,8 @@ def cross_fit(
     the test rows get the mean of the K stackers' outputs. Returns (oof with NaN rows, test, info)."""
     from tqdm import tqdm
 
+    from .shift import fold_model_shift, shift_summary
+
     t_all = time.time()
     oof = np.full((len(y), n_classes), np.nan, np.float32)
     test = np.zeros((len(test_probs[0]) if test_probs[0].ndim == 2 else test_probs[0].shape[1], n_classes), np.float32)
@@ -389,7 +391,7 @@ def cross_fit(
                 "candidate_recall": round(st.recall, 4),
                 "nets": len(st.nets),
                 "seconds": round(time.time() - t0, 2),
-                **fold_model_shift(oof[val_rows], y[val_rows], test_k),
+                **fold_model_shift(oof[val_rows], y[val_rows], test_k),  # shift.py
             }
         )
     seconds = round(time.time() - t_all, 1)
@@ -412,21 +414,6 @@ def cross_fit(
             "test_from": "each fold's stacker over its fold models' test probabilities, averaged",
         },
     )
-
-
-def fold_model_shift(P_oof: np.ndarray, y: np.ndarray, P_test: np.ndarray) -> dict:
-    """One fold model's OOF accuracy and its label-free estimate on the test rows (shift.py)."""
-    from .shift import atc_threshold, confidence, share_above
-
-    correct = P_oof.argmax(1) == y
-    t, w = atc_threshold(confidence(P_oof), correct)
-    return {"oof_acc": round(float(correct.mean()), 4), "test_acc_est": round(share_above(confidence(P_test), t, w), 4)}
-
-
-def shift_summary(per_fold: list[dict]) -> dict:
-    oof_acc = float(np.mean([f["oof_acc"] for f in per_fold]))
-    est = float(np.mean([f["test_acc_est"] for f in per_fold]))
-    return {"oof_acc": round(oof_acc, 4), "test_acc_est": round(est, 4), "gap": round(oof_acc - est, 4)}
 
 
 def row_side(cfg: dict, groups=(), frames=None) -> tuple:
