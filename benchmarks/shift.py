@@ -66,7 +66,7 @@ def head_shift(run: Path, data: Path, name: str) -> dict:
         fold_test=round(float(np.mean([p["test"] for p in per])), 4),
         fold_gap=round(float(np.mean([p["oof"] - p["test"] for p in per])), 4),
         fold_gap_sd=round(float(np.std([p["oof"] - p["test"] for p in per], ddof=1)), 4),
-        acc_gap=round(float(np.mean([(T[i].argmax(1) == yt).mean() for i in range(len(ks))]) * -1 + est["oof_acc"]), 4),
+        acc_gap=round(est["oof_acc"] - float(np.mean([(Ti.argmax(1) == yt).mean() for Ti in T])), 4),
         est_acc_gap=round(est["gap"], 4),
     )
     return out
@@ -79,8 +79,9 @@ def agreement(run: Path, names: list[str]) -> dict:
     from smart_product import oof
     from smart_product.blend.shift import agreement_shift
 
-    runs = [oof.load(run, n) for n in names if oof.load(run, n)["test_folds"] is not None]
-    names = [n for n in names if oof.load(run, n)["test_folds"] is not None]
+    loaded = {n: oof.load(run, n) for n in names}
+    names = [n for n in names if loaded[n]["test_folds"] is not None]
+    runs = [loaded[n] for n in names]
     folds = pd.read_csv(run / "folds" / "folds.csv").set_index("product_id")["fold"].reindex(runs[0]["train_ids"])
     has = ~np.isnan(runs[0]["oof"]).any(1)
     res = agreement_shift(

@@ -138,19 +138,22 @@ def procedures(inp: BlendInputs) -> dict[str, Procedure]:
                 f"oof/{missing[0]}: no test_folds.npy (each fold model's test probabilities, which the "
                 f"stacker scores fold by fold); rerun `make train`"
             )
-        table["stack"] = stacking(inp, {**params, "groups": []}, (*side[:2], None, None))
-        if params.get("groups"):
-            table["stack_groups"] = stacking(inp, params, side)
-    if inp.bcfg.get("procedures"):
-        table = {k: v for k, v in table.items() if k in inp.bcfg["procedures"]}
-    lead = leading_head(inp)
-    if lead is not None:  # the shift guard's candidate: each stacker without the head it would lean on
-        for name in [k for k in table if k.startswith("stack")]:
-            p = {**params, "groups": []} if name == "stack" else params
+
+        def stackers(keep=None, suffix=""):  # without and with the group evidence, over the heads kept
+            out = {f"stack{suffix}": stacking(inp, {**params, "groups": []}, (*side[:2], None, None), keep)}
+            if params.get("groups"):
+                out[f"stack_groups{suffix}"] = stacking(inp, params, side, keep)
+            return out
+
+        table.update(stackers())
+        lead = leading_head(inp)
+        if lead is not None:  # the shift guard's candidates: each stacker without the head it would lean on
             keep = [i for i in range(len(inp.heads)) if i != lead]
-            table[f"{name}_without_{inp.heads[lead]}"] = stacking(
-                inp, p, side if name != "stack" else (*side[:2], None, None), keep
-            )
+            guarded = stackers(keep, f"_without_{inp.heads[lead]}")
+            table.update({k: v for k, v in guarded.items() if k.split("_without_")[0] in table})
+    if inp.bcfg.get("procedures"):
+        allowed = set(inp.bcfg["procedures"])
+        table = {k: v for k, v in table.items() if k.split("_without_")[0] in allowed}
     return table
 
 
