@@ -6,7 +6,7 @@
 # `make train` assembles the folds).
 #
 #   data (DATA, default data/demo) -> folds/folds.csv -> features/{set}/ -> oof/{head}/
-#        -> oof/blend/ + submissions/blend.{csv,parquet}          (eda -> reports/eda/ on the side)
+#        -> oof/blend/ + submissions/blend.{csv,parquet} + oof/errors/   (eda -> reports/eda/ on the side)
 #   the file to upload: OUT/submissions/blend.parquet (the blend's last line names it)
 #
 PY     ?= .venv/bin/python
@@ -21,7 +21,7 @@ FOLDARG = $(if $(FOLD),--fold $(FOLD))
 DEMO    = data/demo/train.parquet
 DATADEP = $(if $(DATA),,$(DEMO))
 
-.PHONY: help setup python-check all demo-data validate folds eda features train tune report blend score validate-sub bench bench-images ablation lint test clean
+.PHONY: help setup python-check all demo-data validate folds eda features train tune report blend score validate-sub bench bench-images ablation lint test clean errors
 
 all: folds features train eda blend   ## the main job: data -> submission (its last line: the file to upload)
 
@@ -78,8 +78,11 @@ tune:                                ## HEAD=name [TRIALS=20]: Optuna -> oof/{he
 report:                              ## OOF report over oof/* (no refitting)
 	$(RUN) report $(ARGS)
 
-blend: train                         ## -> oof/blend/, submissions/blend.csv + .parquet, oof/report.md
+blend: train                         ## -> oof/blend/, submissions/blend.csv + .parquet, oof/report.md, oof/errors/
 	$(RUN) blend $(ARGS)
+
+errors:                              ## [HEAD=name]: where the blend (or a head) errs -> oof/errors/: pairs, sheets, label noise
+	$(RUN) errors $(ARGS) $(if $(HEAD),--head $(HEAD))
 
 score:                               ## [SUB=file] [SOLUTION=file]: local score where DATA has test labels (solution.csv)
 	$(RUN) score $(ARGS) $(if $(SUB),--sub $(SUB)) $(if $(SOLUTION),--solution $(SOLUTION))

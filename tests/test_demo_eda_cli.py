@@ -76,3 +76,35 @@ def test_cli_folds_runs(demo_dir, tmp_path):
     assert main(["folds", "--data", str(demo_dir), f"out_dir={tmp_path}", "-q"]) == 0
     folds = pd.read_csv(tmp_path / "folds" / "folds.csv")
     assert np.sort(folds.fold.unique()).tolist() == [-1, 0, 1, 2, 3, 4]
+
+
+def test_the_blend_stage_ends_with_where_the_time_went_then_the_upload_line(demo_dir, tmp_path, capsys):
+    """Each CLI stage records its seconds, peak RSS and parts in reports/timings.json; the blend prints
+    the table (stages in make all's order, sets and heads under them, cached ones marked) before the
+    file to upload."""
+    import json
+
+    sets = "features.sets={tabular: {kind: tabular}, tfidf: {kind: tfidf, svd_dim: 32}}"
+    heads = "heads={lr: {kind: logreg, features: [tfidf], params: {C: 0.1}}, knn: {kind: knn, features: [tfidf]}}"
+    common = ["--data", str(demo_dir), "--config", "configs/cpu.yaml", f"out_dir={tmp_path}", "-q", sets, heads]
+    blend = ["blend.trials=5", "blend.procedures=[optuna_logloss, best_single]", "errors.pairs=3"]
+    for stage in ("folds", "features", "train"):
+        assert main([stage, *common]) == 0
+    assert main(["features", *common]) == 0  # a rerun: every set cached
+    assert main(["blend", *common, *blend]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith(f"upload: {tmp_path / 'submissions' / 'blend.parquet'}")
+    start = next(i for i, line in enumerate(out) if line.startswith("Where the time went"))
+    table = out[start:-1]
+    rows = [r.split("|")[1:-1] for r in table[4:] if r.startswith("| ")]  # past the header
+    stages = [r[0].strip() for r in rows if r[0].strip()]
+    assert stages == ["folds", "features", "train", "blend", "**make all stages**"]
+    parts = {r[1].strip(): r[2].strip() for r in rows if not r[0].strip()}
+    assert parts["tfidf"] == "cached" and parts["tabular"] == "cached"  # the last features run computed nothing
+    assert float(parts["lr"]) > 0 and float(parts["errors"]) > 0 and float(parts["blend"]) > 0
+    rec = json.loads((tmp_path / "reports" / "timings.json").read_text())
+    assert set(rec) == {"folds", "features", "train", "blend"} and all(r["peak_rss_gib"] > 0.1 for r in rec.values())
+    total = sum(r["seconds"] for r in rec.values())
+    assert f"**{total:.1f}**" in next(r for r in table if r.startswith("| **make all stages**"))
+    assert (tmp_path / "reports" / "timings.md").read_text().splitlines()[0] == table[0]
+    assert (tmp_path / "oof" / "errors" / "errors.md").is_file()

@@ -52,10 +52,11 @@ def _eda(cfg, args):
 
 def _features(cfg, args):
     from .backbones import init_distributed
-    from .features import make_features
+    from .features import feature_sets, make_features
 
     init_distributed()  # torchrun: DDP fine-tuning; a plain run stays one process
-    make_features(cfg, args.only, fold=args.fold)
+    done = make_features(cfg, args.only, fold=args.fold)
+    return {**{n: {"cached": True} for n in feature_sets(cfg) if not args.only or n in args.only}, **done}
 
 
 def _train(cfg, args):
@@ -64,10 +65,16 @@ def _train(cfg, args):
     from .tracking import log_run
 
     metrics = train_heads(cfg, args.only, force=args.force, fold=args.fold)
+    parts = {
+        n: {"cached": True} if m.get("cached") else {"seconds": m.get("seconds"), "peak_rss_gib": m.get("peak_rss_gib")}
+        for n, m in metrics.items()
+    }
     if args.fold is not None:  # one fold's files; the report waits for the assembling run
-        return
+        return parts
+    t0 = time.time()
     report = make_report(cfg)
     log_run(cfg, metrics, report.parent)
+    return {**parts, "report": {"seconds": round(time.time() - t0, 1)}}
 
 
 def _report(cfg, args):
@@ -86,12 +93,34 @@ def _tune(cfg, args):
 
 def _blend(cfg, args):
     from .blend import run_blend
+    from .errors import make_errors, settings
     from .report import make_report
-    from .submit import submission_path
 
+    t = [time.time()]
     run_blend(cfg)
+    t.append(time.time())
     make_report(cfg)
+    t.append(time.time())
+    if settings(cfg)["after_blend"]:
+        make_errors(cfg)
+    t.append(time.time())
+    names = ("blend", "report", "errors")
+    return {n: {"seconds": round(b - a, 1)} for n, a, b in zip(names, t, t[1:]) if b - a > 0.05 or n == "blend"}
+
+
+def _after_blend(cfg):
+    """The blend stage's last lines: the run's stage table, then the file to upload."""
+    from .submit import submission_path
+    from .timings import table
+
+    print("\n".join(["", *table(cfg["out_dir"]), ""]))
     print(f"upload: {submission_path(cfg)} (product_id, predicted_category_id: the competition's format)")
+
+
+def _errors(cfg, args):
+    from .errors import make_errors
+
+    make_errors(cfg, args.head)
 
 
 def _score(cfg, args):
@@ -166,6 +195,7 @@ STAGES = {
     "tune": (_tune, "Optuna search of one head's params on OOF F1 (resumable SQLite study)"),
     "report": (_report, "OOF report over oof/* -> oof/report.md + plots"),
     "blend": (_blend, "Optuna-weighted blend -> oof/blend/, submissions/blend.csv + .parquet"),
+    "errors": (_errors, "where the model errs: confused pairs, contact sheets, label-noise suspects -> oof/errors/"),
     "score": (_score, "local leaderboard: score --sub FILE against --solution FILE"),
     "validate-sub": (_validate_sub, "check a submission file (default: the run's upload file) against the data"),
     "clean": (_clean, "remove OUT's generated outputs (folds, features, oof, submissions, reports)"),
@@ -177,6 +207,9 @@ STAGES = {
     ),
 }
 
+
+# stages whose seconds and peak RSS go to reports/timings.json (timings.py); the blend prints the table
+TIMED = {"demo-data", "folds", "features", "train", "eda", "blend", "errors", "report"}
 
 # stages that read no head or feature settings: no config to pick (the demo's values do)
 NO_HEADS = {"demo-data", "validate", "score", "validate-sub", "clean"}
@@ -194,6 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="data directory in the competition layout (DATA=...)")
     parser.add_argument("--out", help="output directory (demo-data only)")
     parser.add_argument("--only", nargs="+", help="features/train: only these sets/heads")
+    parser.add_argument("--head", help="errors: one head's OOF instead of the blend's")
     parser.add_argument("--sub", help="score/validate-sub: submission file (.csv or .parquet)")
     parser.add_argument("--solution", help="score: solution file (product_id, category_id)")
     parser.add_argument("--force", action="store_true", help="train: refit heads even if cached")
@@ -214,7 +248,14 @@ def main(argv=None) -> int:
     try:
         config = DEFAULT_CONFIG if args.config == "auto" and args.stage in NO_HEADS else args.config
         cfg = load_config(config, args.overrides, args.data)
-        STAGES[args.stage][0](cfg, args)
+        parts = STAGES[args.stage][0](cfg, args)
+        if args.stage in TIMED and args.fold is None:  # a FOLD=k job is one of several: not the stage's time
+            from .memory import peak_rss_gib
+            from .timings import record
+
+            record(cfg["out_dir"], args.stage, time.time() - t0, peak_rss_gib(), parts)
+        if args.stage == "blend":
+            _after_blend(cfg)
     except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,8 @@ def parse_fold(fold) -> int | str | None:
 
 
 def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
-    """Compute every enabled feature set (or `only` these) not already cached; returns {set: seconds}.
+    """Compute every enabled feature set (or `only` these) not already cached; returns {set: {"seconds",
+    "peak_rss_gib"}} of the sets computed (a set skipped for an absent modality: 0 s).
 
     `fold` (FOLD=k, folds as jobs): per-fold (fine-tuned) sets compute only their fold k, into the
     same fold{k}/ folder a full run writes; label-free sets are computed if missing. `fold="shared"`:
@@ -118,7 +119,7 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                         default=str,
                     )
                 )
-            timings[name] = 0.0
+            timings[name] = {"seconds": 0.0, "peak_rss_gib": None}
             continue
         t0, peak = time.time(), PeakWindow()
         if not per_fold:
@@ -174,8 +175,8 @@ def make_features(cfg: dict, only: list[str] | None = None, fold=None) -> dict:
                         },
                     )
                 barrier()
-        timings[name] = round(time.time() - t0, 2)
-        log.info("features/%s: done in %.1fs, peak RSS %.2f GiB", name, timings[name], peak.gib())
+        timings[name] = {"seconds": round(time.time() - t0, 2), "peak_rss_gib": peak.gib()}
+        log.info("features/%s: done in %.1fs, peak RSS %.2f GiB", name, timings[name]["seconds"], peak.gib())
     return timings
 
 

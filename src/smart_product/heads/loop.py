@@ -399,7 +399,7 @@ def run_head(
     key, stored = config_hash(keys), run.stored() if write and not force else None
     if stored and folds_to_run is None and stored.get("key") == key and (run.out / "test_folds.npy").is_file():
         log.info("oof/%s: cached (config, features and folds unchanged), nothing to do", run.out_name)
-        return stored
+        return {**stored, "cached": True}
     peak = PeakWindow()  # the head's own peak RSS, its features' loading included
     d = run.load().data
     folds = list(range(run.k)) if folds_to_run is None else list(folds_to_run)
