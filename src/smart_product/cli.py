@@ -102,7 +102,15 @@ def _blend(cfg, args):
     make_report(cfg)
     t.append(time.time())
     if settings(cfg)["after_blend"]:
-        make_errors(cfg)
+        try:  # a report: the submission is written; its failure is logged, not the stage's
+            make_errors(cfg)
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "errors report not written (%s: %s); `%s` retries it",
+                type(exc).__name__,
+                exc,
+                make_command(cfg, "errors"),
+            )
     t.append(time.time())
     names = ("blend", "report", "errors")
     return {n: {"seconds": round(b - a, 1)} for n, a, b in zip(names, t, t[1:]) if b - a > 0.05 or n == "blend"}
