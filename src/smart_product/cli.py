@@ -96,11 +96,11 @@ def _blend(cfg, args):
     from .errors import make_errors, settings
     from .report import make_report
 
-    t = [time.time()]
+    parts, t0 = {}, time.time()
     run_blend(cfg)
-    t.append(time.time())
+    parts["blend"], t0 = {"seconds": round(time.time() - t0, 1)}, time.time()
     make_report(cfg)
-    t.append(time.time())
+    parts["report"], t0 = {"seconds": round(time.time() - t0, 1)}, time.time()
     if settings(cfg)["after_blend"]:
         try:  # a report: the submission is written; its failure is logged, not the stage's
             make_errors(cfg)
@@ -111,9 +111,8 @@ def _blend(cfg, args):
                 exc,
                 make_command(cfg, "errors"),
             )
-    t.append(time.time())
-    names = ("blend", "report", "errors")
-    return {n: {"seconds": round(b - a, 1)} for n, a, b in zip(names, t, t[1:]) if b - a > 0.05 or n == "blend"}
+        parts["errors"] = {"seconds": round(time.time() - t0, 1)}
+    return parts
 
 
 def _after_blend(cfg):

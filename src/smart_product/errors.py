@@ -305,10 +305,8 @@ def make_errors(cfg: dict, head: str | None = None) -> Path:
         }
     )
     sheets, no_photo = [], 0
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = lambda x, **k: x  # noqa: E731
+    from tqdm.auto import tqdm
+
     for i, p in enumerate(tqdm(list(pairs.itertuples()), desc="errors: contact sheets", leave=False), start=1):
         sides = []
         for t, q in ((p.a, p.b), (p.b, p.a)):
